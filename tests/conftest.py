@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real speech data lies, and small helpers used by many tests."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    # The project's shared data sits beside the checkout (../shared); ASR_SHARED overrides it.
+    return Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = _shared_dir()
+    if not (path / "data").is_dir():
+        pytest.skip(f"shared data not found at {path} (set ASR_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir) -> Path:
+    return shared_dir / "data"
+
+
+@pytest.fixture(scope="session")
+def original_formats(data_dir) -> Path:
+    return data_dir / "sentences" / "original-formats"
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir(data_dir) -> Path:
+    return data_dir / "fsdd" / "recordings"
