@@ -1,0 +1,151 @@
+"""Model files and training checkpoints: plain data written atomically, read only with `weights_only=True`.
+
+A *model file* (`model.pt`) is everything needed to transcribe: the model, feature and tokenizer configurations, the
+weights (CMVN statistics included, as buffers of the frontend) and training metadata. A *checkpoint* is a model file
+plus the trainer's state (optimizer, scheduler, grad scaler, sampler position, random number generators), enough for
+`--resume` to continue exactly where a run stopped.
+
+Both hold only tensors and Python literals, so `torch.load(path, weights_only=True)` reads them: a model file
+downloaded from a stranger cannot run code on the machine that loads it.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from asr.errors import AsrError, ModelFileError
+
+MODEL_FORMAT = "asr-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def write_atomically(payload: dict, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash or a kill at any moment leaves either the old file or the new one, never half of one. When the disk is
+    full the temporary file is removed and an AsrError says so; the previous file is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            torch.save(payload, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise AsrError(f"{path}: could not write ({err.strerror or err}); the previous file, if any, is intact") \
+                from err
+        raise
+    _fsync_directory(path.parent)  # make the rename itself durable
+
+
+def _fsync_directory(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_plain_data(path: str | Path) -> dict:
+    """torch.load with weights_only=True, turning every failure into a ModelFileError that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ModelFileError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and plain data, which could "
+            f"run code when unpickled (only files written by this toolkit are accepted). Detail: {err}"
+        ) from err
+    except Exception as err:  # torch's readers raise many kinds on garbage: RuntimeError, EOFError, IndexError, …
+        raise ModelFileError(f"{path}: not a readable model file (truncated or corrupt?): {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: not a model file or checkpoint of this toolkit")
+    if payload.get("version", 0) > MODEL_FORMAT_VERSION:
+        raise ModelFileError(f"{path}: written by a newer version of the toolkit (format {payload['version']})")
+    return payload
+
+
+def model_payload(recognizer, metadata: dict | None = None) -> dict:
+    """The plain-data dictionary of a model file for a Recognizer."""
+    return {
+        "format": MODEL_FORMAT,
+        "version": MODEL_FORMAT_VERSION,
+        "model_config": recognizer.model_config.to_dict(),
+        "feature_config": recognizer.feature_config.to_dict(),
+        "tokenizer": recognizer.tokenizer.to_dict(),
+        "state_dict": {name: tensor.detach().cpu() for name, tensor in recognizer.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+
+
+def save_model(recognizer, path: str | Path, metadata: dict | None = None) -> None:
+    write_atomically(model_payload(recognizer, metadata), path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a model file (or a training checkpoint) into a Recognizer in eval mode."""
+    from asr.recognizer import Recognizer  # the recognizer imports this module to save itself
+
+    payload = read_plain_data(path)
+    try:
+        recognizer = Recognizer.from_payload(payload)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ModelFileError(f"{path}: model file is incomplete or does not match its config: {err}") from err
+    recognizer.source_path = str(path)
+    return recognizer.to(device).eval()
+
+
+def save_checkpoint(path: str | Path, recognizer, trainer_state: dict, metadata: dict | None = None) -> None:
+    """A model file plus the trainer's state, written atomically."""
+    payload = model_payload(recognizer, metadata)
+    payload["trainer"] = trainer_state
+    write_atomically(payload, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    payload = read_plain_data(path)
+    if "trainer" not in payload:
+        raise ModelFileError(f"{path}: a model file, not a training checkpoint (no trainer state to resume from)")
+    return payload
+
+
+def average_model_files(paths: list[str | Path], out_path: str | Path) -> dict:
+    """Average the weights of several model files or checkpoints of one run; writes a model file, returns it.
+
+    Floating-point tensors are averaged; integer buffers (e.g. counters) are taken from the last file. Averaging the
+    last or best few checkpoints typically gives a small, free WER gain.
+    """
+    if not paths:
+        raise AsrError("average: no model files given")
+    payloads = [read_plain_data(p) for p in paths]
+    first = payloads[0]
+    for path, payload in zip(paths[1:], payloads[1:]):
+        if payload["model_config"] != first["model_config"] or payload["state_dict"].keys() != first["state_dict"].keys():
+            raise ModelFileError(f"{path}: a different model from {paths[0]}; only checkpoints of one run can be averaged")
+    averaged = {}
+    for name, tensor in payloads[-1]["state_dict"].items():
+        if tensor.is_floating_point():
+            averaged[name] = sum(p["state_dict"][name].double() for p in payloads).div(len(payloads)).to(tensor.dtype)
+        else:
+            averaged[name] = tensor
+    result = {key: value for key, value in payloads[-1].items() if key != "trainer"}
+    result["state_dict"] = averaged
+    result["metadata"] = dict(result.get("metadata", {}), averaged_from=[str(p) for p in paths])
+    write_atomically(result, out_path)
+    return result

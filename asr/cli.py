@@ -1,0 +1,369 @@
+"""The `asr` command (also `python -m asr`): one subcommand a task, each a thin layer over the library.
+
+Imports happen inside each subcommand so that `asr --help` answers at once. Errors a user can cause (AsrError) are
+printed as one line naming the file and the problem, without a traceback, and exit with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from asr.errors import AsrError
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prepare / download: corpora to manifests
+
+
+def cmd_prepare_kaldi(args) -> int:
+    from asr.data.kaldi import import_kaldi
+
+    report = import_kaldi(args.wav_scp, args.text, Path(args.out) / f"{args.name}.jsonl")
+    print(report.summary())
+    return 0
+
+
+def cmd_prepare_librispeech(args) -> int:
+    from asr.data.librispeech import prepare_librispeech
+
+    reports = prepare_librispeech(args.root, args.subsets, args.out, num_workers=args.workers)
+    for subset, report in reports.items():
+        print(f"{subset}: {report.summary()}")
+    return 0
+
+
+def cmd_prepare_digits(args) -> int:
+    from asr.data.digits import build_connected_digits
+
+    reports = build_connected_digits(args.fsdd, args.out, seed=args.seed)
+    for split, report in reports.items():
+        print(f"{split}: {report.summary()}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    if args.corpus == "librispeech":
+        from asr.data.librispeech import download_librispeech
+
+        download_librispeech(args.subsets, args.dest, base_url=args.base_url)
+    elif args.corpus == "librispeech-lm":
+        from asr.data.librispeech import download_librispeech_lm
+
+        download_librispeech_lm(args.dest, base_url=args.base_url)
+    else:
+        from asr.data.fsdd import download_fsdd
+
+        print(download_fsdd(args.dest, sha256=args.sha256))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# features, tokenizer, train, average
+
+
+def cmd_features(args) -> int:
+    from asr.config import load_config
+    from asr.data.manifest import read_manifest
+    from asr.features import estimate_cmvn, save_cmvn
+
+    config = load_config(args.config, args.overrides)
+    stats = estimate_cmvn(read_manifest(args.manifest), config.features, max_utterances=args.max_utterances)
+    save_cmvn(args.cmvn_out, stats)
+    print(f"CMVN statistics over {stats['frames']} frames of {stats['utterances']} utterances → {args.cmvn_out}")
+    return 0
+
+
+def cmd_tokenizer(args) -> int:
+    from asr.data.manifest import read_manifest
+    from asr.text import BpeTokenizer, CharTokenizer, save_tokenizer
+
+    texts = [utt.text for utt in read_manifest(args.manifest)]
+    if args.kind == "char":
+        tokenizer = CharTokenizer()
+    else:
+        tokenizer = BpeTokenizer.train(texts, vocab_size=args.vocab_size, model_type=args.model_type)
+    save_tokenizer(tokenizer, args.out)
+    print(f"{tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens → {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from asr.config import load_config
+    from asr.train import train
+
+    config = load_config(args.config, args.overrides)
+    model_path = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    if model_path:
+        print(f"model: {model_path}")
+    return 0
+
+
+def cmd_average(args) -> int:
+    from asr.checkpoint import average_model_files
+
+    paths = list(args.checkpoints)
+    if args.exp:
+        folder = Path(args.exp) / "checkpoints"
+        pattern = "best-*.pt" if args.best else "ckpt-*.pt"  # the trainer keeps the best few by dev WER
+        found = sorted(folder.glob(pattern), key=lambda p: int(p.stem.split("-")[1]))
+        paths += found[-args.num:]
+    if not paths:
+        raise AsrError("average: no checkpoints found (give files, or --exp DIR)")
+    average_model_files(paths, args.out)
+    print(f"averaged {len(paths)} checkpoints → {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# transcribe, evaluate, score
+
+
+def _load_recognizer(args):
+    """The model of --model on --device (default: cuda when available), torch limited to --threads CPU threads."""
+    import torch
+
+    from asr.checkpoint import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_model(args.model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _decoder(args, recognizer):
+    """The decoder the decoding options ask for: greedy, unless --decoder beam or a --lm or --lexicon is given."""
+    from asr.decoding import BeamSearchDecoder, GreedyDecoder
+
+    if args.decoder == "greedy" and (args.lm or args.lexicon):
+        raise AsrError("--lm and --lexicon need the beam-search decoder (--decoder beam)")
+    if args.decoder == "greedy" or (args.decoder is None and not (args.lm or args.lexicon)):
+        return GreedyDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift)
+    given = {name: getattr(args, name) for name in ("beam_size", "beam_threshold", "lm", "lexicon", "lm_weight",
+                                                     "word_score") if getattr(args, name) is not None}
+    return BeamSearchDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift, **given)
+
+
+def _output_names(paths: list[Path]) -> dict[Path, str]:
+    """Each input's output name (its file name without the extension); AsrError when two would be the same."""
+    first_with_name: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in first_with_name:
+            raise AsrError(f"{first_with_name[path.stem]} and {path} would both be written as '{path.stem}.*': "
+                           f"transcribe them into different output folders")
+        first_with_name[path.stem] = path
+    return {path: name for name, path in first_with_name.items()}
+
+
+def cmd_transcribe(args) -> int:
+    import time
+
+    started = time.perf_counter()  # the real-time factor counts loading the model too
+    from asr.plot import plot_transcript
+    from asr.transcribe import OUTPUT_FORMATS, expand_inputs, transcribe_files
+
+    formats = list(OUTPUT_FORMATS) if args.output_format == "all" else [args.output_format]
+    paths = expand_inputs(args.inputs)
+    if args.output_dir is None and (len(formats) > 1 or (formats[0] in ("srt", "vtt") and len(paths) > 1)):
+        raise AsrError(f"--output-format {args.output_format} for {len(paths)} files needs --output-dir")
+    names = _output_names(paths) if args.output_dir or args.plot else {}
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    recognizer = _load_recognizer(args)
+    decoder = _decoder(args, recognizer)
+    failed, audio_seconds = 0, 0.0
+    for path, transcript in transcribe_files(recognizer, paths, decoder, max_batch_seconds=args.batch_seconds,
+                                             chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty()):
+        if isinstance(transcript, AsrError):
+            print(f"asr transcribe: error: {transcript}", file=sys.stderr)
+            failed += 1
+            continue
+        audio_seconds += transcript.duration
+        if args.timings:
+            print(f"{path}: {transcript.duration:.2f} s of audio in {transcript.compute_seconds:.3f} s",
+                  file=sys.stderr)
+        if args.output_dir:
+            for extension, render in (OUTPUT_FORMATS[name] for name in formats):
+                (Path(args.output_dir) / f"{names[path]}{extension}").write_text(render(transcript), encoding="utf-8")
+        elif formats == ["txt"] and len(paths) > 1:
+            print(f"{path}: {transcript.text}", flush=True)
+        else:
+            print(OUTPUT_FORMATS[formats[0]][1](transcript), end="", flush=True)
+        if args.plot:
+            plot_transcript(recognizer, path, transcript, Path(args.plot) / f"{names[path]}.png")
+    if args.timings:
+        elapsed = time.perf_counter() - started
+        print(f"{len(paths) - failed} files, {audio_seconds:.1f} s of audio in {elapsed:.1f} s: real-time factor "
+              f"{elapsed / max(audio_seconds, 1e-9):.3f}", file=sys.stderr)
+    if failed:
+        print(f"asr transcribe: {failed} of {len(paths)} files could not be transcribed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from asr.evaluate import evaluate
+    from asr.scoring import format_text, results_json
+
+    recognizer = _load_recognizer(args)
+    scores = evaluate(recognizer, args.manifests, _decoder(args, recognizer), out_dir=args.out,
+                      max_batch_seconds=args.batch_seconds, progress=sys.stderr.isatty())
+    results = dict(zip(args.manifests, scores))
+    print(results_json(results) if args.json else format_text(results))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from asr.scoring import format_text, read_kaldi_text, results_json, score
+    from asr.text import normalize_text
+
+    # The normalization `asr evaluate` applies, so that scoring its ref.txt and hyp.txt again gives its numbers.
+    result = score(read_kaldi_text(args.ref), read_kaldi_text(args.hyp), normalize=normalize_text)
+    results = {args.ref: result}
+    print(results_json(results) if args.json else format_text(results))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description="Bidirectional-GRU CTC speech recognition.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    prepare = commands.add_parser("prepare", help="turn a corpus into JSONL manifests")
+    corpora = prepare.add_subparsers(dest="corpus", metavar="CORPUS")
+    corpora.required = True
+    kaldi = corpora.add_parser("kaldi", help="a Kaldi data folder's wav.scp and text")
+    kaldi.add_argument("--wav-scp", required=True, help="Kaldi wav.scp: '<id> <path>' lines")
+    kaldi.add_argument("--text", required=True, help="Kaldi text: '<id> <words>' lines")
+    kaldi.add_argument("--out", required=True, help="output folder")
+    kaldi.add_argument("--name", default="data", help="manifest name: OUT/NAME.jsonl (default: data)")
+    kaldi.set_defaults(func=cmd_prepare_kaldi)
+    libri = corpora.add_parser("librispeech", help="a LibriSpeech tree (flac + .trans.txt)")
+    libri.add_argument("--root", required=True, help="the folder holding LibriSpeech/, or LibriSpeech/ itself")
+    libri.add_argument("--subsets", nargs="+", required=True, help="e.g. train-clean-100 dev-clean test-clean")
+    libri.add_argument("--out", required=True, help="output folder: OUT/<subset>.jsonl")
+    libri.add_argument("--workers", type=int, default=4, help="parallel header readers (default: 4)")
+    libri.set_defaults(func=cmd_prepare_librispeech)
+    digits = corpora.add_parser("digits", help="connected-digit utterances from the Free Spoken Digit Dataset")
+    digits.add_argument("--fsdd", required=True, help="FSDD's recordings/ folder (or a folder holding it)")
+    digits.add_argument("--out", required=True, help="output folder: wav/ and train/dev/test.jsonl")
+    digits.add_argument("--seed", type=int, default=0)
+    digits.set_defaults(func=cmd_prepare_digits)
+
+    download = commands.add_parser("download", help="download and verify a corpus or language model")
+    download.add_argument("corpus", choices=["librispeech", "librispeech-lm", "fsdd"])
+    download.add_argument("--dest", required=True, help="download and extraction folder")
+    download.add_argument("--subsets", nargs="+", default=["dev-clean", "dev-other", "test-clean", "test-other"])
+    download.add_argument("--base-url", default=None, help="a mirror (default: the official openslr.org URL)")
+    download.add_argument("--sha256", default=None, help="fsdd: the archive's expected SHA-256")
+    download.set_defaults(func=cmd_download)
+
+    features = commands.add_parser("features", help="estimate global CMVN statistics from a manifest")
+    features.add_argument("--manifest", required=True)
+    features.add_argument("--cmvn-out", required=True, help="JSON file for the statistics")
+    features.add_argument("--config", default=None, help="experiment YAML whose 'features' section to use")
+    features.add_argument("--max-utterances", type=int, default=None, help="estimate from at most N utterances")
+    features.add_argument("overrides", nargs="*", help="section.key=value")
+    features.set_defaults(func=cmd_features)
+
+    tokenizer = commands.add_parser("tokenizer", help="build a character or BPE tokenizer from a manifest's text")
+    tokenizer.add_argument("--manifest", required=True)
+    tokenizer.add_argument("--out", required=True, help="tokenizer file (JSON)")
+    tokenizer.add_argument("--kind", choices=["char", "bpe"], default="bpe")
+    tokenizer.add_argument("--vocab-size", type=int, default=256)
+    tokenizer.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
+    tokenizer.set_defaults(func=cmd_tokenizer)
+
+    train = commands.add_parser("train", help="train a model (under torchrun for several GPUs)")
+    train.add_argument("--config", required=True, help="experiment YAML")
+    train.add_argument("--out", required=True, help="experiment folder, e.g. exp/NAME")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.num_layers=3 optim.lr=2e-3")
+    train.set_defaults(func=cmd_train)
+
+    average = commands.add_parser("average", help="average the weights of checkpoints into one model file")
+    average.add_argument("checkpoints", nargs="*", help="model files or checkpoints")
+    average.add_argument("--exp", default=None, help="take checkpoints from EXP/checkpoints")
+    average.add_argument("--num", type=int, default=3, help="with --exp: how many (default: 3)")
+    average.add_argument("--best", action="store_true", help="with --exp: the best by dev WER (else the last)")
+    average.add_argument("--out", required=True, help="output model file")
+    average.set_defaults(func=cmd_average)
+
+    transcribe = commands.add_parser("transcribe", help="transcribe audio files (text, JSON, SRT or WebVTT)")
+    transcribe.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR_OR_GLOB",
+                            help="audio files, folders (searched recursively) or glob patterns")
+    _add_model_options(transcribe)
+    transcribe.add_argument("--output-format", choices=["txt", "json", "srt", "vtt", "all"], default="txt",
+                            help="txt (default), json (one object a line), srt or vtt subtitles, all (needs "
+                                 "--output-dir)")
+    transcribe.add_argument("--output-dir", default=None, help="write one file per input and format here "
+                                                                "(default: print to stdout)")
+    transcribe.add_argument("--plot", default=None, metavar="DIR",
+                            help="draw features, CTC posteriors and words of each file into DIR/<name>.png")
+    transcribe.add_argument("--chunk-seconds", type=float, default=30.0,
+                            help="longer recordings are decoded in overlapping windows this long (default: 30)")
+    transcribe.add_argument("--verbose", dest="timings", action="store_true",
+                            help="real-time factor and per-file times on stderr")
+    transcribe.set_defaults(func=cmd_transcribe)
+
+    evaluate = commands.add_parser("evaluate", help="word and character error rates of a model on manifests")
+    evaluate.add_argument("--manifest", dest="manifests", nargs="+", required=True, metavar="JSONL",
+                          help="one or more manifests, one set each")
+    _add_model_options(evaluate)
+    evaluate.add_argument("--out", default=None, metavar="DIR",
+                          help="write DIR/<manifest stem>/{hyp.txt,ref.txt,wer.json,per_utt.tsv}, DIR/results.md "
+                               "and DIR/results.json")
+    evaluate.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    score = commands.add_parser("score", help="error rates of a Kaldi-style hypothesis file against a reference")
+    score.add_argument("--ref", required=True, help="reference: '<id> <words>' lines")
+    score.add_argument("--hyp", required=True, help="hypothesis: '<id> <words>' lines; a missing id counts as "
+                                                    "all deletions")
+    score.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    score.set_defaults(func=cmd_score)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --threads, batching and the decoder's options, shared by transcribe and evaluate."""
+    parser.add_argument("--model", required=True, help="model file (model.pt)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--batch-seconds", type=float, default=240.0,
+                        help="at most this much padded audio a batch (default: 240)")
+    decoding = parser.add_argument_group("decoding")
+    decoding.add_argument("--decoder", choices=["greedy", "beam"], default=None,
+                          help="default: greedy, or beam when --lm or --lexicon is given")
+    decoding.add_argument("--beam-size", type=int, default=None, help="hypotheses kept a frame (default: 50)")
+    decoding.add_argument("--beam-threshold", type=float, default=None,
+                          help="drop hypotheses scoring this much below the best (default: 25)")
+    decoding.add_argument("--lm", default=None, help="word n-gram language model: ARPA file or KenLM binary")
+    decoding.add_argument("--lexicon", default=None,
+                          help="flashlight lexicon, 'WORD<TAB>tokens' a line (default with --lm: the LM's words)")
+    decoding.add_argument("--lm-weight", type=float, default=None, help="weight of the LM score (default: 2.0)")
+    decoding.add_argument("--word-score", type=float, default=None, help="score added a word (default: 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except AsrError as err:
+        print(f"asr {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"asr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Experiment configuration: YAML files loaded into dataclasses, any key overridable from the command line.
+
+A recipe's `conf/train.yaml` has one section a dataclass (`data`, `tokenizer`, `features`, `specaugment`, `model`,
+`optim`, `train`). `asr train --config C.yaml model.num_layers=3 optim.lr=2e-3` overrides single keys; values are
+parsed as YAML, so `train.speed_factors=[0.9,1.0,1.1]` works. Unknown keys are errors, not silently ignored: a typo in
+a config must never train the wrong model for a day.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from asr.errors import ConfigError
+from asr.features import FeatureConfig, SpecAugmentConfig
+from asr.model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # manifest paths, relative to the directory the command runs in (the recipe's)
+    dev: str = ""
+    max_seconds: float = 200.0  # padded audio seconds per batch (per GPU)
+    max_duration: float = 35.0  # utterances longer than this are skipped (counted) when training
+    num_workers: int = 2
+    speed_factors: list[float] = field(default_factory=lambda: [1.0])
+    sortagrad: bool = False  # first epoch in order of length (DeepSpeech 2): eases CTC off its blank plateau
+    cmvn: str = ""  # global CMVN statistics from `asr features`; empty: estimated from the training manifest
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # "char" | "bpe"
+    vocab_size: int = 256  # BPE only
+    model_type: str = "unigram"  # BPE only: sentencepiece's "unigram" or "bpe"
+    path: str = ""  # a tokenizer file written by `asr tokenizer`; empty: built from the training manifest
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    schedule: str = "cosine"  # "cosine" | "noam" | "constant"; all start with a linear warmup
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.02  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 5.0
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 20
+    max_steps: int = 0  # optimizer steps; 0 = run all epochs
+    max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
+    precision: str = "auto"  # "auto" (bf16 on GPUs that have it, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    validate_every: int = 0  # steps; 0 = once an epoch
+    checkpoint_every: int = 0  # steps; 0 = once an epoch
+    keep_checkpoints: int = 3  # step/epoch checkpoints kept besides the best ones
+    keep_best: int = 3  # best checkpoints by dev WER, for averaging
+    early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never
+    log_every: int = 20
+    max_bad_batches_in_row: int = 20  # NaN/inf losses or GPU out-of-memory in a row before giving up
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain data, each section through its own to_dict where it has one (e.g. tuples become lists)."""
+        return {f.name: (getattr(self, f.name).to_dict() if hasattr(getattr(self, f.name), "to_dict")
+                         else dataclasses.asdict(getattr(self, f.name))) for f in dataclasses.fields(self)}
+
+
+def build_dataclass(cls, values: dict, where: str = ""):
+    """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _convert(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _convert(hint, value, key: str):
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value or {}, key)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # e.g. `int | None`, `tuple[int, ...] | int`
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        for option in typing.get_args(hint):
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a valid {hint}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_type = typing.get_args(hint)[0] if typing.get_args(hint) else typing.Any
+        items = [_convert(item_type, v, key) for v in value]
+        return items if origin is list else tuple(items)
+    if hint is float and not isinstance(value, bool):
+        try:  # YAML reads "1e-3" (no dot) as a string; it is a float to anyone writing a learning rate
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint in (int, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to a nested dict (values parsed as YAML)."""
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r}: expected section.key=value")
+        dotted, raw = override.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""  # `data.dev=` clears a path
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Load a YAML experiment config (or the defaults when path is None) and apply command-line overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    return build_dataclass(ExperimentConfig, apply_overrides(values, list(overrides)))
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

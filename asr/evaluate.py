@@ -1,0 +1,77 @@
+"""Evaluating a model on manifests: transcribe every utterance, score the words against the references, report.
+
+References and hypotheses go through the same normalization, `asr.text.normalize_text`, the one training applies to
+its transcripts, so that a WER measures recognition and not spelling conventions. An utterance whose audio cannot be
+read is never dropped: it is reported (a warning on stderr and, with `out_dir`, its set's `unreadable.tsv`) and
+scored as all deletions, as if nothing had been recognized.
+
+With `out_dir`, each set gets `out_dir/<manifest stem>/{hyp.txt, ref.txt, wer.json, per_utt.tsv}` (see
+`asr.scoring.write_report`), and all sets together `results.md` and `results.json`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from asr.data.manifest import read_manifest
+from asr.errors import AsrError
+from asr.scoring import SetScore, format_markdown, results_json, score, write_report
+from asr.text import normalize_text
+from asr.transcribe import transcribe_files
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(recognizer, manifest_paths: Iterable[str | Path], decoder=None, out_dir: str | Path | None = None,
+             batch_size: int = 16, max_batch_seconds: float = 240.0, chunk_seconds: float = 60.0,
+             progress: bool = False) -> list[SetScore]:
+    """Score the recognizer on each manifest; returns one SetScore a manifest, in the order given.
+
+    `decoder` defaults to greedy decoding; batching as in `asr.transcribe.transcribe_files`, utterances longer than
+    `chunk_seconds` (longer than any of LibriSpeech's by default) decoded in overlapping windows. Raises AsrError
+    before transcribing anything when two manifests would write their reports into the same folder.
+    """
+    manifest_paths = [Path(path) for path in manifest_paths]
+    if out_dir is not None:
+        _check_report_folders(manifest_paths)
+    results: dict[str, SetScore] = {}
+    for manifest in manifest_paths:
+        utterances = read_manifest(manifest)
+        hyps: dict[str, str] = {}
+        unreadable: dict[str, str] = {}
+        transcripts = transcribe_files(recognizer, [utterance.audio for utterance in utterances], decoder,
+                                       batch_size=batch_size, max_batch_seconds=max_batch_seconds,
+                                       chunk_seconds=chunk_seconds, progress=progress)
+        for utterance, (_, transcript) in zip(utterances, transcripts):  # transcribe_files keeps the order
+            if isinstance(transcript, AsrError):
+                unreadable[utterance.id] = str(transcript)
+                log.warning("%s: utterance %s is scored as all deletions: %s", manifest, utterance.id, transcript)
+            else:
+                hyps[utterance.id] = transcript.text
+        result = score({utterance.id: utterance.text for utterance in utterances}, hyps, normalize=normalize_text)
+        results[str(manifest)] = result
+        if out_dir is not None:
+            _write_set_report(Path(out_dir) / manifest.stem, str(manifest), result, unreadable)
+    if out_dir is not None:
+        (Path(out_dir) / "results.md").write_text(format_markdown(results) + "\n", encoding="utf-8")
+        (Path(out_dir) / "results.json").write_text(results_json(results) + "\n", encoding="utf-8")
+    return list(results.values())
+
+
+def _check_report_folders(manifest_paths: list[Path]) -> None:
+    first_with_stem: dict[str, Path] = {}
+    for manifest in manifest_paths:
+        if manifest.stem in first_with_stem:
+            raise AsrError(f"{first_with_stem[manifest.stem]} and {manifest} would both write their reports into "
+                           f"'{manifest.stem}/'; rename one, or evaluate them into different folders")
+        first_with_stem[manifest.stem] = manifest
+
+
+def _write_set_report(folder: Path, name: str, result: SetScore, unreadable: dict[str, str]) -> None:
+    write_report(folder, name, result)
+    if unreadable:
+        with open(folder / "unreadable.tsv", "w", encoding="utf-8") as table:
+            table.write("id\terror\n")
+            for utterance_id, error in unreadable.items():
+                table.write(f"{utterance_id}\t{error}\n")

@@ -1,0 +1,359 @@
+"""From waveforms to what the acoustic model reads: log-mel frames, normalized, augmented while training.
+
+The `Frontend` module chains the parts, each usable alone:
+  LogMel           padded batch of 16 kHz waveforms -> (B, T, n_mels) log-mel energies, T = 1 + samples // hop
+  GlobalCMVN       subtract the training set's mean, divide by its standard deviation (from `estimate_cmvn`)
+  utterance_cmvn   or the same with each utterance's own statistics
+  SpecAugment      zero random bands of mel channels and of frames (Park et al., 2019), in training only
+`speed_perturb` changes the speed of a waveform before all that (Ko et al., 2015).
+
+Each step takes a `lengths` tensor beside the padded batch, on any device; frames past an utterance's length stay
+exactly 0 throughout.
+"""
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torchaudio
+from torch import nn
+from tqdm import tqdm
+
+from asr.audio import SAMPLE_RATE, load_audio, resample
+from asr.errors import AsrError, ConfigError
+
+NORMALIZATIONS = ("global", "utterance", "none")
+
+# A mel band whose values barely vary in the training data (e.g. above 4 kHz in a corpus of upsampled telephone
+# speech) must not turn the first real energy it sees at test time into a value in the thousands.
+_MIN_CMVN_STD = 1e-2
+
+# Added to the variance in per-utterance normalization, so a one-frame or silent utterance normalizes to zeros.
+_UTTERANCE_VARIANCE_FLOOR = 1e-5
+
+
+@dataclass
+class FeatureConfig:
+    """How waveforms become log-mel frames. The defaults are the usual ASR front end for 16 kHz speech."""
+
+    sample_rate: int = SAMPLE_RATE
+    n_mels: int = 80
+    win_ms: float = 25.0  # long enough to resolve the harmonics of most voices, short enough to be stationary
+    hop_ms: float = 10.0
+    n_fft: int = 512  # the 400-sample window zero-padded to the next power of two
+    f_min: float = 20.0  # below that: DC offset and rumble, never speech
+    # Below the 8 kHz Nyquist frequency, where resamplers' anti-aliasing filters cut in (asr.audio's is 3 dB down at
+    # 7.6 kHz): the bands above would hold the filter's edge rather than speech.
+    f_max: float = 7600.0
+    # Energies are clamped to this before the log. It sits just below the energy of 16-bit quantization noise in a
+    # mel band (about 3e-10 with these settings), so digital silence lands near the quietest real recording instead
+    # of at log(0) = -inf.
+    log_floor: float = 1e-10
+    normalization: str = "global"  # one of NORMALIZATIONS
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"features.normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}"
+            )
+        if self.win_length > self.n_fft:
+            raise ConfigError(
+                f"features.win_ms={self.win_ms} is {self.win_length} samples, more than features.n_fft={self.n_fft}"
+            )
+        if self.hop_length < 1:
+            raise ConfigError(f"features.hop_ms={self.hop_ms} is less than one sample at {self.sample_rate} Hz")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ConfigError(
+                f"need 0 <= features.f_min < features.f_max <= sample_rate / 2 = {self.sample_rate / 2}, "
+                f"got f_min={self.f_min}, f_max={self.f_max}"
+            )
+
+    @property
+    def win_length(self) -> int:
+        """Analysis window, in samples."""
+        return round(self.sample_rate * self.win_ms / 1000)
+
+    @property
+    def hop_length(self) -> int:
+        """Distance between frames, in samples."""
+        return round(self.sample_rate * self.hop_ms / 1000)
+
+    def num_frames(self, num_samples):
+        """Frames in `num_samples` samples (an int or a tensor of lengths): centered frames, one every hop."""
+        return 1 + num_samples // self.hop_length
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> "FeatureConfig":
+        return _config_from_dict(cls, settings, "features")
+
+
+@dataclass
+class SpecAugmentConfig:
+    """SpecAugment's masks. Time masks scale with each utterance (adaptive SpecAugment, Park et al., 2020)."""
+
+    enabled: bool = True
+    freq_masks: int = 2
+    freq_width: int = 27  # widest frequency mask, in mel channels (LibriSpeech policy of Park et al., 2019)
+    time_masks: int = 2
+    time_width_ratio: float = 0.05  # widest time mask, as a fraction of the utterance's frames
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> "SpecAugmentConfig":
+        return _config_from_dict(cls, settings, "specaug")
+
+
+def _config_from_dict(config_class, settings: dict, section: str):
+    known = {field.name for field in fields(config_class)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return config_class(**settings)
+
+
+class LogMel(nn.Module):
+    """Log mel-filterbank energies of a padded batch of waveforms.
+
+    Power spectrum of Hann-windowed, centered frames (zero-padded at the edges, as librosa's default), through a
+    Slaney mel filterbank with area normalization (librosa's default, as in Whisper), clamped at `log_floor`, then log.
+    """
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        self.cfg = cfg
+        # Not persistent: they follow the module to its device but stay out of the state_dict, since the config
+        # rebuilds them.
+        self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
+        mel_filters = torchaudio.functional.melscale_fbanks(
+            n_freqs=cfg.n_fft // 2 + 1,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
+            n_mels=cfg.n_mels,
+            sample_rate=cfg.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.register_buffer("mel_filters", mel_filters, persistent=False)  # (n_fft // 2 + 1, n_mels)
+
+    def num_frames(self, num_samples):
+        """Frames in `num_samples` samples (an int or a tensor of lengths)."""
+        return self.cfg.num_frames(num_samples)
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, S) and its lengths (B,) -> features (B, T, n_mels), zero past each length, and lengths (B,)."""
+        # Zero padding, not reflection, at the edges: an utterance then gets the same frames alone as in a batch,
+        # where the samples after it are zeros too.
+        # float32 even under autocast: half precision cannot hold energies down at the log floor.
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            spectrum = torch.stft(
+                audio.float(),
+                n_fft=self.cfg.n_fft,
+                hop_length=self.cfg.hop_length,
+                win_length=self.cfg.win_length,
+                window=self.window,
+                center=True,
+                pad_mode="constant",
+                return_complex=True,
+            )
+            power = spectrum.abs().square().transpose(1, 2)  # (B, T, n_fft // 2 + 1)
+            feats = (power @ self.mel_filters).clamp(min=self.cfg.log_floor).log()
+        feat_lengths = self.num_frames(audio_lengths)
+        return _zero_padding(feats, feat_lengths), feat_lengths
+
+
+class GlobalCMVN(nn.Module):
+    """Normalize each mel channel with the training set's mean and standard deviation.
+
+    They are buffers, so they travel in the model's state_dict.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Normalized features (B, T, n_mels), zero past each length."""
+        return _zero_padding((feats - self.mean) / self.std, lengths)
+
+
+def estimate_cmvn(utterances, cfg: FeatureConfig, max_utterances: int | None = None, progress: bool = True) -> dict:
+    """Mean and standard deviation of each mel channel over the frames of `utterances` (objects with `.audio`).
+
+    With `max_utterances`, that many are taken evenly spaced through the list, so a manifest sorted by speaker
+    still contributes all its speakers. Returns `{"mean": [...], "std": [...], "frames": N, "utterances": N}`.
+    """
+    utterances = list(utterances)
+    if max_utterances is not None and max_utterances < len(utterances):
+        utterances = [utterances[i * len(utterances) // max_utterances] for i in range(max_utterances)]
+    if not utterances:
+        raise AsrError("cannot estimate CMVN statistics: no utterances given")
+    logmel = LogMel(cfg)
+    # Sums in float64: over 1e8 frames float32 would lose the variance, which is E[x²] - E[x]², a small difference
+    # of two large numbers.
+    total = torch.zeros(cfg.n_mels, dtype=torch.float64)
+    total_of_squares = torch.zeros(cfg.n_mels, dtype=torch.float64)
+    frames = 0
+    with torch.inference_mode():
+        for utterance in tqdm(utterances, desc="CMVN statistics", unit="utt", disable=not progress):
+            audio = load_audio(utterance.audio, cfg.sample_rate)
+            feats, _ = logmel(audio[None], torch.tensor([len(audio)]))
+            feats = feats[0].double()
+            total += feats.sum(dim=0)
+            total_of_squares += feats.square().sum(dim=0)
+            frames += len(feats)
+    mean = total / frames
+    variance = (total_of_squares / frames - mean.square()).clamp(min=0)
+    std = variance.sqrt().clamp(min=_MIN_CMVN_STD)
+    return {"mean": mean.tolist(), "std": std.tolist(), "frames": frames, "utterances": len(utterances)}
+
+
+def save_cmvn(path, stats: dict) -> None:
+    """Write CMVN statistics (as `estimate_cmvn` returns them) to a JSON file."""
+    Path(path).write_text(json.dumps(stats, indent=1) + "\n")
+
+
+def load_cmvn(path) -> dict:
+    """Read CMVN statistics written by `save_cmvn`, checking they can normalize features."""
+    path = Path(path)
+    try:
+        stats = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: CMVN statistics file not found") from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not JSON ({error})") from error
+    if not isinstance(stats, dict) or not {"mean", "std"} <= stats.keys():
+        raise ConfigError(f"{path}: CMVN statistics need 'mean' and 'std' lists")
+    mean, std = stats["mean"], stats["std"]
+    if not isinstance(mean, list) or not isinstance(std, list) or len(mean) != len(std):
+        raise ConfigError(f"{path}: 'mean' and 'std' must be lists of the same length")
+    if not all(isinstance(value, (int, float)) and value > 0 for value in std):
+        raise ConfigError(f"{path}: every 'std' must be a positive number")
+    return stats
+
+
+def utterance_cmvn(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Normalize each utterance by the mean and variance of its own valid frames; padding stays 0."""
+    lengths = lengths.to(feats.device)
+    valid = _valid_frames(lengths, feats.size(1))[..., None]  # (B, T, 1)
+    frame_counts = lengths.clamp(min=1).to(feats.dtype)[:, None, None]
+    mean = feats.masked_fill(~valid, 0.0).sum(dim=1, keepdim=True) / frame_counts
+    centered = (feats - mean).masked_fill(~valid, 0.0)
+    variance = centered.square().sum(dim=1, keepdim=True) / frame_counts
+    return centered / (variance + _UTTERANCE_VARIANCE_FLOOR).sqrt()
+
+
+class SpecAugment(nn.Module):
+    """Set random bands of mel channels and of frames to 0 (the mean, after CMVN), in training mode only.
+
+    Each mask's width is drawn uniformly from [0, widest] and its start uniformly where it fits inside the
+    utterance's valid frames; padding is never touched. Draws come from torch's generator on the features' device,
+    so `torch.manual_seed` makes training repeatable.
+    """
+
+    def __init__(self, cfg: SpecAugmentConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.cfg.enabled:
+            return feats
+        batch, max_frames, n_mels = feats.shape
+        device = feats.device
+        lengths = lengths.to(device)
+        all_channels = torch.full((batch,), n_mels, device=device)
+        freq_masked = _random_bands(
+            extent=all_channels,
+            widest=all_channels.clamp(max=self.cfg.freq_width),
+            count=self.cfg.freq_masks,
+            size=n_mels,
+        )
+        time_masked = _random_bands(
+            extent=lengths,
+            widest=(lengths * self.cfg.time_width_ratio).long(),
+            count=self.cfg.time_masks,
+            size=max_frames,
+        )
+        masked = (time_masked[:, :, None] | freq_masked[:, None, :]) & _valid_frames(lengths, max_frames)[..., None]
+        return feats.masked_fill(masked, 0.0)
+
+
+def _random_bands(extent: torch.Tensor, widest: torch.Tensor, count: int, size: int) -> torch.Tensor:
+    """(B, size) bool: `count` bands a row, each of width uniform in [0, widest] lying within [0, extent)."""
+    positions = torch.arange(size, device=extent.device)
+    masked = torch.zeros(len(extent), size, dtype=torch.bool, device=extent.device)
+    for _ in range(count):
+        width = _uniform_integers(widest)
+        start = _uniform_integers(extent - width)
+        masked |= (positions >= start[:, None]) & (positions < (start + width)[:, None])
+    return masked
+
+
+def _uniform_integers(highest: torch.Tensor) -> torch.Tensor:
+    """One integer uniform in [0, highest[i]] for each i."""
+    draws = (torch.rand(highest.shape, device=highest.device) * (highest + 1)).long()
+    return torch.minimum(draws, highest)  # float32 rounding can reach highest + 1 when highest is in the millions
+
+
+def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Play a waveform `factor` times faster, as Kaldi's sox `speed` does: duration / factor, pitch × factor.
+
+    The samples are taken as if recorded at `sample_rate * factor` and resampled to `sample_rate`.
+    """
+    if factor <= 0:
+        raise ValueError(f"speed factor must be positive, got {factor}")
+    return resample(wave, sample_rate * factor, sample_rate)
+
+
+class Frontend(nn.Module):
+    """Waveforms to model inputs: LogMel, then normalization per `cfg.normalization`, then SpecAugment (training).
+
+    The CMVN buffers exist whatever the normalization (zeros and ones when unused), so every frontend's state_dict
+    has the same keys and shapes.
+    """
+
+    def __init__(
+        self, cfg: FeatureConfig, specaug: SpecAugmentConfig | None = None, cmvn_stats: dict | None = None
+    ):
+        super().__init__()
+        if cfg.normalization == "global" and cmvn_stats is None:
+            raise ConfigError(
+                "features.normalization is 'global' but no CMVN statistics were given: estimate them first with "
+                "`asr features --manifest train.jsonl --cmvn-out cmvn.json`, or set features.normalization to "
+                "'utterance'"
+            )
+        self.cfg = cfg
+        self.logmel = LogMel(cfg)
+        if cmvn_stats is None:
+            self.cmvn = GlobalCMVN(torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels))
+        else:
+            if not len(cmvn_stats["mean"]) == len(cmvn_stats["std"]) == cfg.n_mels:
+                raise ConfigError(
+                    f"CMVN statistics hold {len(cmvn_stats['mean'])} channels but features.n_mels is {cfg.n_mels}: "
+                    "estimate them again with this feature configuration"
+                )
+            self.cmvn = GlobalCMVN(cmvn_stats["mean"], cmvn_stats["std"])
+        self.specaug = SpecAugment(specaug if specaug is not None else SpecAugmentConfig(enabled=False))
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, S) and its lengths (B,) -> features (B, T, n_mels) and their lengths (B,)."""
+        feats, feat_lengths = self.logmel(audio, audio_lengths)
+        if self.cfg.normalization == "global":
+            feats = self.cmvn(feats, feat_lengths)
+        elif self.cfg.normalization == "utterance":
+            feats = utterance_cmvn(feats, feat_lengths)
+        return self.specaug(feats, feat_lengths), feat_lengths
+
+
+def _valid_frames(lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
+    """(B, max_frames) bool: True where a frame lies within its utterance's length."""
+    return torch.arange(max_frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _zero_padding(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return feats.masked_fill(~_valid_frames(lengths.to(feats.device), feats.size(1))[..., None], 0.0)

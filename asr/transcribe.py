@@ -1,0 +1,373 @@
+"""Transcribing audio files: short files in batches, long recordings in overlapping windows, and the output formats.
+
+Short files (up to `chunk_seconds`) are sorted by duration and decoded in batches, so that little of a batch is
+padding. A longer recording is read in windows of `chunk_seconds` that overlap by `overlap_seconds`; each window is
+decoded on its own and the words are stitched by time (`stitch_windows`), so memory stays bounded by one window
+whatever the recording's length: an hour of audio never lies in memory as samples, features or log-probabilities.
+
+A transcript turns into plain text, one JSON object, or SRT / WebVTT subtitles (`OUTPUT_FORMATS`).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from asr.audio import SAMPLE_RATE, audio_info, load_audio, stream_audio
+from asr.decoding import GreedyDecoder, Word
+from asr.errors import AsrError, AudioError
+
+# What a folder given as input is searched for (case-insensitively).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".sph", ".webm")
+
+# Subtitle cues: at most this long and this many characters (one line of the usual 42), and a pause this long
+# between two words starts a new cue, so that a cue never stays on screen through a silence.
+CUE_MAX_SECONDS = 7.0
+CUE_MAX_CHARS = 42
+CUE_BREAK_PAUSE = 1.0
+
+
+@dataclass
+class Transcript:
+    """What was recognized in one recording; `words` carry times in seconds from the recording's start."""
+
+    audio: str  # the file's path, or "<waveform>" for a tensor
+    text: str
+    duration: float  # seconds of audio
+    words: list[Word] = field(default_factory=list)
+    # Processing time spent on this recording; a batch's time is shared among its files in proportion to duration.
+    compute_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The JSON output: audio, text, duration and words with start, end (seconds) and confidence."""
+        return {
+            "audio": self.audio,
+            "text": self.text,
+            "duration": round(self.duration, 3),
+            "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
+                       "confidence": round(w.confidence, 4)} for w in self.words],
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
+    """The audio files that command-line items name: files, folders (searched recursively for AUDIO_EXTENSIONS)
+    and glob patterns (`**` recursive), in the order given, each file once.
+
+    An item that names nothing (a missing file, a pattern matching nothing, a folder without audio) is kept as it
+    is, so that transcribing it fails with an error naming it while the other items are still transcribed.
+    """
+    files: list[Path] = []
+    for item in map(str, items):
+        path = Path(item)
+        if not path.exists() and glob.has_magic(item):
+            matches = [Path(match) for match in sorted(glob.glob(item, recursive=True))]
+        else:
+            matches = [path]
+        found = [file for match in matches for file in (_audio_in_folder(match) if match.is_dir() else [match])]
+        files.extend(found or [path])
+    return list(dict.fromkeys(files))
+
+
+def _audio_in_folder(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+
+
+def _duration(path: Path) -> float:
+    if path.is_dir():  # expand_inputs keeps a folder without audio as it is
+        raise AudioError(path, f"a folder without audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    info = audio_info(path)
+    if info.frames == 0:
+        raise AudioError(path, "no audio samples")
+    return info.duration
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transcribing
+
+
+def default_decoder(recognizer) -> GreedyDecoder:
+    """Greedy CTC decoding with the recognizer's tokenizer and frame shift."""
+    return GreedyDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift)
+
+
+def transcribe_file(recognizer, audio: str | Path | torch.Tensor, decoder=None, chunk_seconds: float = 30.0,
+                    overlap_seconds: float = 5.0) -> Transcript:
+    """Transcribe one recording: a file path, or a 16 kHz mono waveform tensor (S,).
+
+    Up to `chunk_seconds` the recording is decoded whole; a longer one in windows of `chunk_seconds` overlapping by
+    `overlap_seconds`, read from the file one window at a time. `decoder` defaults to greedy decoding. Raises
+    AudioError for a file that cannot be read.
+    """
+    decoder = decoder or default_decoder(recognizer)
+    started = time.perf_counter()
+    is_waveform = isinstance(audio, torch.Tensor)
+    if is_waveform:
+        if audio.dim() != 1:
+            raise ValueError(f"expected a 1-D waveform, got shape {tuple(audio.shape)}")
+        name, duration = "<waveform>", audio.numel() / SAMPLE_RATE
+    else:
+        name, duration = str(audio), _duration(Path(audio))
+    with _evaluation_mode(recognizer):
+        if duration <= chunk_seconds:
+            wave = audio if is_waveform else load_audio(audio)
+            (hypothesis,) = _decode_waves(recognizer, decoder, [wave])
+            transcript = Transcript(name, hypothesis.text, wave.numel() / SAMPLE_RATE, list(hypothesis.words))
+        else:
+            windows = (_slide_windows(audio, chunk_seconds, overlap_seconds) if is_waveform
+                       else stream_audio(audio, chunk_seconds, overlap_seconds=overlap_seconds))
+            words = stitch_windows(_decode_windows(recognizer, decoder, windows))
+            transcript = Transcript(name, " ".join(word.word for word in words), duration, words)
+    transcript.compute_seconds = time.perf_counter() - started
+    return transcript
+
+
+def transcribe_files(recognizer, paths: Iterable[str | Path], decoder=None, batch_size: int = 16,
+                     max_batch_seconds: float = 240.0, chunk_seconds: float = 30.0, overlap_seconds: float = 5.0,
+                     progress: bool = False) -> Iterator[tuple[Path, Transcript | AsrError]]:
+    """Transcribe many files; yields `(path, Transcript)`, or `(path, AudioError)` for a file that cannot be read,
+    in the order of `paths`.
+
+    Files up to `chunk_seconds` long go in batches of at most `batch_size` files and `max_batch_seconds` of padded
+    audio, shortest first; longer ones are windowed as in `transcribe_file`. Runs on the recognizer's device.
+    """
+    decoder = decoder or default_decoder(recognizer)
+    paths = [Path(p) for p in paths]
+    results: dict[int, Transcript | AsrError] = {}
+    durations: dict[int, float] = {}
+    for index, path in enumerate(paths):
+        try:
+            durations[index] = _duration(path)
+        except AudioError as error:
+            results[index] = error
+    short = sorted((i for i in durations if durations[i] <= chunk_seconds), key=durations.__getitem__)
+    windowed = [i for i in durations if durations[i] > chunk_seconds]
+    # The work: batches of short files, then each long file on its own.
+    groups = _plan_batches(short, durations, batch_size, max_batch_seconds) + [[i] for i in windowed]
+
+    next_to_yield = 0  # results go out in the order of `paths`, each as soon as those before it are out
+    with tqdm(total=sum(durations.values()), unit="s", desc="transcribe", disable=not progress) as bar, \
+            _evaluation_mode(recognizer):
+        for group in groups:
+            if durations[group[0]] > chunk_seconds:
+                try:
+                    results[group[0]] = transcribe_file(recognizer, paths[group[0]], decoder, chunk_seconds,
+                                                        overlap_seconds)
+                except AudioError as error:
+                    results[group[0]] = error
+            else:
+                results.update(_transcribe_batch(recognizer, decoder, {i: paths[i] for i in group}))
+            bar.update(sum(durations[i] for i in group))
+            while next_to_yield in results:
+                yield paths[next_to_yield], results.pop(next_to_yield)
+                next_to_yield += 1
+    while next_to_yield in results:  # files that failed after the last one transcribed
+        yield paths[next_to_yield], results.pop(next_to_yield)
+        next_to_yield += 1
+
+
+def _plan_batches(indices: list[int], durations: dict[int, float], batch_size: int,
+                  max_batch_seconds: float) -> list[list[int]]:
+    """Cut indices sorted by duration into consecutive batches; a batch's padded length is its last file's."""
+    batches: list[list[int]] = []
+    for index in indices:
+        batch = batches[-1] if batches else None
+        if batch and len(batch) < batch_size and (len(batch) + 1) * durations[index] <= max_batch_seconds:
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def _transcribe_batch(recognizer, decoder, paths: dict[int, Path]) -> dict[int, Transcript | AsrError]:
+    started = time.perf_counter()
+    results: dict[int, Transcript | AsrError] = {}
+    waves: dict[int, torch.Tensor] = {}
+    for index, path in paths.items():
+        try:
+            waves[index] = load_audio(path)
+        except AudioError as error:
+            results[index] = error
+    if waves:
+        hypotheses = _decode_waves(recognizer, decoder, list(waves.values()))
+        total_samples = sum(wave.numel() for wave in waves.values())
+        elapsed = time.perf_counter() - started
+        for (index, wave), hypothesis in zip(waves.items(), hypotheses):
+            results[index] = Transcript(str(paths[index]), hypothesis.text, wave.numel() / SAMPLE_RATE,
+                                        list(hypothesis.words), elapsed * wave.numel() / total_samples)
+    return results
+
+
+@torch.inference_mode()
+def _decode_waves(recognizer, decoder, waves: list[torch.Tensor]) -> list:
+    """Hypotheses for a list of waveforms, decoded as one padded batch on the recognizer's device."""
+    device = recognizer.device
+    lengths = torch.tensor([wave.numel() for wave in waves], device=device)
+    batch = torch.nn.utils.rnn.pad_sequence([wave.to(device) for wave in waves], batch_first=True)
+    log_probs, out_lengths = recognizer(batch, lengths)
+    return decoder.decode(log_probs, out_lengths)
+
+
+@contextmanager
+def _evaluation_mode(recognizer):
+    """Dropout and SpecAugment off while transcribing; the caller's training mode back afterwards."""
+    was_training = recognizer.training
+    recognizer.eval()
+    try:
+        yield
+    finally:
+        recognizer.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Long recordings
+
+
+def _decode_windows(recognizer, decoder, windows: Iterable[tuple[float, torch.Tensor]]
+                    ) -> Iterator[tuple[float, float, list[Word]]]:
+    """Decode `(start, waveform)` windows one at a time into `(start, end, words)`, word times from the recording's
+    start."""
+    for start, wave in windows:
+        (hypothesis,) = _decode_waves(recognizer, decoder, [wave])
+        yield start, start + wave.numel() / SAMPLE_RATE, [_shifted(word, start) for word in hypothesis.words]
+
+
+def _slide_windows(wave: torch.Tensor, chunk_seconds: float,
+                   overlap_seconds: float) -> Iterator[tuple[float, torch.Tensor]]:
+    """The windows `asr.audio.stream_audio` would read from a file holding `wave`, as views of it."""
+    chunk = round(chunk_seconds * SAMPLE_RATE)
+    overlap = round(overlap_seconds * SAMPLE_RATE)
+    if chunk < 1 or not 0 <= overlap < chunk:
+        raise ValueError(f"need chunk_seconds > 0 and 0 <= overlap_seconds < chunk_seconds, "
+                         f"got chunk_seconds={chunk_seconds}, overlap_seconds={overlap_seconds}")
+    start = 0
+    while start + chunk <= wave.numel():
+        yield start / SAMPLE_RATE, wave[start:start + chunk]
+        start += chunk - overlap
+    # The rest, unless the last full window already reached the end.
+    if wave.numel() - start > overlap or start == 0:
+        yield start / SAMPLE_RATE, wave[start:]
+
+
+def _shifted(word: Word, seconds: float) -> Word:
+    # Rounded to the millisecond like the decoder's times, so that no float residue tells windows apart.
+    return Word(word.word, round(word.start + seconds, 3), round(word.end + seconds, 3), word.confidence)
+
+
+def stitch_windows(windows: Iterable[tuple[float, float, list[Word]]]) -> list[Word]:
+    """Join the words of consecutive overlapping windows, given as `(start, end, words)` with times in seconds
+    from the recording's start, into one list in which each spoken word appears once.
+
+    Near its edges a window's model lacks context, and a word cut by the edge is heard only in part. So each word
+    is taken from the window where it lies farthest from an edge: between two windows, the handover is the middle
+    of their overlap, the earlier window keeps the words centred before it and the later one those centred at or
+    after it. A word whose centre the two windows place on different sides of the handover (times jitter by a frame
+    or two) would be dropped or doubled by that rule alone; so the later window also keeps a word matching one the
+    earlier window gave up, and drops a word matching the last one kept (matching: same spelling, overlapping times).
+    """
+    stitched: list[Word] = []
+    previous_end: float | None = None
+    for start, end, words in windows:
+        handover = -math.inf if previous_end is None else (start + previous_end) / 2
+        given_up = []  # the previous window's words past the handover, nearer its edge than the later window's
+        while stitched and _centre(stitched[-1]) >= handover:
+            given_up.append(stitched.pop())
+        for word in words:
+            takes_it = _centre(word) >= handover or any(_same_occurrence(word, other) for other in given_up)
+            if takes_it and not (stitched and _same_occurrence(word, stitched[-1])):
+                stitched.append(word)
+        previous_end = end
+    return stitched
+
+
+def _centre(word: Word) -> float:
+    return (word.start + word.end) / 2
+
+
+def _same_occurrence(a: Word, b: Word) -> bool:
+    return a.word == b.word and a.start < b.end and b.start < a.end
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output formats
+
+
+def format_txt(transcript: Transcript) -> str:
+    """The text alone, one line."""
+    return transcript.text + "\n"
+
+
+def format_json(transcript: Transcript) -> str:
+    """One line of JSON: `{"audio", "text", "duration", "words": [{"word", "start", "end", "confidence"}]}`."""
+    return json.dumps(transcript.to_dict(), ensure_ascii=False) + "\n"
+
+
+@dataclass
+class Cue:
+    """One subtitle: a run of words shown from `start` to `end` seconds."""
+
+    start: float
+    end: float
+    text: str
+
+
+def subtitle_cues(words: list[Word], max_seconds: float = CUE_MAX_SECONDS, max_chars: int = CUE_MAX_CHARS,
+                  break_pause: float = CUE_BREAK_PAUSE) -> list[Cue]:
+    """Group consecutive words into cues of at most `max_seconds` and `max_chars` (a longer single word gets a cue
+    of its own), starting a new cue after a pause of `break_pause` seconds or more."""
+    cues: list[Cue] = []
+    group: list[Word] = []
+    for word in words:
+        if group:
+            text = " ".join(w.word for w in group + [word])
+            fits = (word.end - group[0].start <= max_seconds and len(text) <= max_chars
+                    and word.start - group[-1].end < break_pause)
+            if not fits:
+                cues.append(Cue(group[0].start, group[-1].end, " ".join(w.word for w in group)))
+                group = []
+        group.append(word)
+    if group:
+        cues.append(Cue(group[0].start, group[-1].end, " ".join(w.word for w in group)))
+    return cues
+
+
+def format_srt(transcript: Transcript) -> str:
+    """SubRip: numbered cues, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, a blank line after each."""
+    blocks = [f"{number}\n{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}\n{cue.text}\n"
+              for number, cue in enumerate(subtitle_cues(transcript.words), start=1)]
+    return "\n".join(blocks)
+
+
+def format_vtt(transcript: Transcript) -> str:
+    """WebVTT: the `WEBVTT` header, then cues `HH:MM:SS.mmm --> HH:MM:SS.mmm`, a blank line before each."""
+    blocks = [f"{_timestamp(cue.start, '.')} --> {_timestamp(cue.end, '.')}\n{cue.text}\n"
+              for cue in subtitle_cues(transcript.words)]
+    return "\n".join(["WEBVTT\n", *blocks])
+
+
+def _timestamp(seconds: float, decimal_mark: str) -> str:
+    milliseconds = round(max(0.0, seconds) * 1000)
+    hours, milliseconds = divmod(milliseconds, 3_600_000)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    whole_seconds, milliseconds = divmod(milliseconds, 1000)
+    return f"{hours:02d}:{minutes:02d}:{whole_seconds:02d}{decimal_mark}{milliseconds:03d}"
+
+
+# Format name → (file extension, formatter).
+OUTPUT_FORMATS = {
+    "txt": (".txt", format_txt),
+    "json": (".json", format_json),
+    "srt": (".srt", format_srt),
+    "vtt": (".vtt", format_vtt),
+}

@@ -1,0 +1,189 @@
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import asr.checkpoint
+from asr.cli import main
+from asr.errors import AsrError
+from asr.evaluate import evaluate
+from asr.text import CharTokenizer, normalize_text
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_RATE = 16000
+
+# Hand-made references and hypotheses, and their errors counted by hand.
+REFS = {"u1": "THE CAT SAT ON THE MAT", "u2": "HELLO WORLD", "u3": "ONE TWO THREE", "u4": "GOOD MORNING"}
+HYPS = {"u1": "the cat sat on mat",  # THE deleted
+        "u2": "Hello, big world!",  # BIG inserted (punctuation and case normalized away)
+        "u3": "ONE TOO THREE FOUR"}  # TWO → TOO, FOUR inserted; u4 has no hypothesis: GOOD, MORNING deleted
+WORDS, SUBSTITUTIONS, DELETIONS, INSERTIONS = 13, 1, 3, 2
+
+
+def jiwer_rates(refs, hyps):
+    """WER and CER over the set, by jiwer on the normalized texts (an absent hypothesis is empty)."""
+    ref_texts = [normalize_text(refs[i]) for i in refs]
+    hyp_texts = [normalize_text(hyps.get(i, "")) for i in refs]
+    return jiwer.wer(ref_texts, hyp_texts), jiwer.cer(ref_texts, hyp_texts)
+
+
+def write_kaldi_text(path, texts):
+    path.write_text("".join(f"{utterance_id} {text}\n" for utterance_id, text in texts.items()))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# asr score
+
+
+def test_score_counts_errors_like_jiwer_and_reports_a_missing_hypothesis_loudly(tmp_path):
+    ref = write_kaldi_text(tmp_path / "ref.txt", REFS)
+    hyp = write_kaldi_text(tmp_path / "hyp.txt", HYPS)
+    # A separate process, so that stderr is what a user would see.
+    run = subprocess.run([sys.executable, "-m", "asr", "score", "--ref", str(ref), "--hyp", str(hyp), "--json"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert "u4" in run.stderr and "deletions" in run.stderr
+    result = json.loads(run.stdout)  # stdout holds exactly one JSON object
+    wer, cer = jiwer_rates(REFS, HYPS)
+    assert wer == pytest.approx((SUBSTITUTIONS + DELETIONS + INSERTIONS) / WORDS)
+    (entry,) = result["results"]
+    assert {key: entry[key] for key in ("manifest", "words", "utterances", "substitutions", "deletions",
+                                        "insertions")} == \
+        {"manifest": str(ref), "words": WORDS, "utterances": 4, "substitutions": SUBSTITUTIONS,
+         "deletions": DELETIONS, "insertions": INSERTIONS}
+    assert entry["wer"] == pytest.approx(wer, abs=1e-4) and entry["cer"] == pytest.approx(cer, abs=1e-4)
+
+
+def test_score_prints_a_readable_summary(tmp_path, capsys):
+    ref = write_kaldi_text(tmp_path / "ref.txt", REFS)
+    hyp = write_kaldi_text(tmp_path / "hyp.txt", HYPS)
+    assert main(["score", "--ref", str(ref), "--hyp", str(hyp)]) == 0
+    out = capsys.readouterr().out
+    assert f"WER {100 * 6 / 13:.2f}%" in out
+    assert "TWO→TOO" in out and "MISSING" in out
+
+
+def test_score_names_a_bad_line(tmp_path, capsys):
+    ref = write_kaldi_text(tmp_path / "ref.txt", REFS)
+    (tmp_path / "hyp.txt").write_text("u1 A\nu1 B\n")
+    assert main(["score", "--ref", str(ref), "--hyp", str(tmp_path / "hyp.txt")]) == 1
+    assert f"{tmp_path / 'hyp.txt'}:2" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate, with a recognizer whose outputs are known
+
+
+class ScriptedRecognizer(nn.Module):
+    """Recognizes in a recording the text `script[k]`, where k is 100 × the recording's first sample."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.tokenizer = CharTokenizer()
+        self.frame_shift = 0.04
+        self.script = script
+        self.register_buffer("anchor", torch.zeros(()))
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def forward(self, audio, audio_lengths):
+        paths = []
+        for row in audio:
+            tokens = self.tokenizer.encode(self.script[round(row[0].item() * 100)])
+            paths.append([label for token in tokens for label in (token, 0)])  # a blank after each token
+        frames = max(len(path) for path in paths)
+        labels = torch.tensor([path + [0] * (frames - len(path)) for path in paths])
+        log_probs = F.log_softmax(10.0 * F.one_hot(labels, self.tokenizer.vocab_size).float(), dim=-1)
+        return log_probs, torch.tensor([len(path) for path in paths])
+
+
+def write_scripted_audio(path, index):
+    soundfile.write(path, np.full(SAMPLE_RATE // 2, index / 100, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+    return path.name
+
+
+def write_manifest(path, rows):
+    path.write_text("".join(json.dumps({"id": i, "audio": audio, "duration": 0.5, "text": text}) + "\n"
+                            for i, audio, text in rows))
+    return path
+
+
+@pytest.fixture
+def scripted_sets(tmp_path):
+    """Two manifests whose hypotheses are known: the set of REFS/HYPS (u4's audio unreadable) and a perfect one."""
+    recognizer = ScriptedRecognizer([HYPS["u1"], HYPS["u2"], HYPS["u3"], "A PERFECT SET"])
+    audio = [write_scripted_audio(tmp_path / f"u{index + 1}.wav", index) for index in range(3)]
+    (tmp_path / "u4.wav").write_bytes(b"RIFF but not really a wav file")
+    first = write_manifest(tmp_path / "dev.jsonl", [(i, f"{i}.wav", text) for i, text in REFS.items()])
+    second = write_manifest(tmp_path / "test.jsonl",
+                            [("p1", write_scripted_audio(tmp_path / "p1.wav", 3), "A perfect set.")])
+    assert audio == ["u1.wav", "u2.wav", "u3.wav"]
+    return recognizer, first, second
+
+
+def test_evaluate_scores_known_outputs_and_an_unreadable_utterance_as_deletions(scripted_sets, tmp_path, caplog):
+    recognizer, dev, test = scripted_sets
+    with caplog.at_level(logging.WARNING):
+        dev_score, test_score = evaluate(recognizer, [dev, test], out_dir=tmp_path / "out")
+    assert any("u4" in message and "u4.wav" in message for message in caplog.messages)
+    assert (dev_score.words, dev_score.utterances) == (WORDS, 4)
+    assert (dev_score.substitutions, dev_score.deletions, dev_score.insertions) == \
+        (SUBSTITUTIONS, DELETIONS, INSERTIONS)
+    wer, cer = jiwer_rates(REFS, HYPS)
+    assert dev_score.wer == pytest.approx(wer) and dev_score.cer == pytest.approx(cer)
+    assert dev_score.missing == ["u4"]
+    assert (test_score.wer, test_score.cer, test_score.words) == (0.0, 0.0, 3)
+
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "dev").iterdir()) == \
+        ["hyp.txt", "per_utt.tsv", "ref.txt", "unreadable.tsv", "wer.json"]
+    unreadable = (out / "dev" / "unreadable.tsv").read_text().splitlines()
+    assert unreadable[0] == "id\terror" and unreadable[1].startswith(f"u4\t{tmp_path / 'u4.wav'}: ")
+    assert not (out / "test" / "unreadable.tsv").exists()
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [(r["manifest"], r["deletions"]) for r in results] == [(str(dev), DELETIONS), (str(test), 0)]
+    assert "| " + str(dev) + " | 4 | 13 |" in (out / "results.md").read_text()
+
+    # Scoring the report's normalized texts again gives the same numbers.
+    assert main(["score", "--ref", str(out / "dev" / "ref.txt"), "--hyp", str(out / "dev" / "hyp.txt"),
+                 "--json"]) == 0
+
+
+def test_evaluate_refuses_two_manifests_with_one_report_folder(scripted_sets, tmp_path):
+    recognizer, dev, _ = scripted_sets
+    (tmp_path / "other").mkdir()
+    copy = tmp_path / "other" / "dev.jsonl"
+    copy.write_text(dev.read_text())
+    with pytest.raises(AsrError, match="dev"):
+        evaluate(recognizer, [dev, copy], out_dir=tmp_path / "out")
+
+
+def test_evaluate_cli_json_is_one_object_with_one_row_a_manifest(scripted_sets, monkeypatch, capsys):
+    recognizer, dev, test = scripted_sets
+    monkeypatch.setattr(asr.checkpoint, "load_model", lambda path, device: recognizer)
+    assert main(["evaluate", "--model", "scripted.pt", "--manifest", str(dev), str(test), "--json",
+                 "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["results"]
+    rows = result["results"]
+    assert [row["manifest"] for row in rows] == [str(dev), str(test)]
+    expected = {"words": WORDS, "utterances": 4, "substitutions": SUBSTITUTIONS, "deletions": DELETIONS,
+                "insertions": INSERTIONS}
+    assert {key: rows[0][key] for key in expected} == expected
+    assert rows[0]["wer"] == pytest.approx(6 / 13, abs=1e-4)
+    assert (rows[1]["wer"], rows[1]["cer"], rows[1]["words"]) == (0.0, 0.0, 3)
+
+    assert main(["evaluate", "--model", "scripted.pt", "--manifest", str(dev), "--device", "cpu"]) == 0
+    assert "TWO→TOO" in capsys.readouterr().out

@@ -1,0 +1,146 @@
+"""The trainer on real speech: it learns, it resumes exactly, it runs under torchrun with two gloo processes."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+
+from asr.checkpoint import load_model, read_plain_data
+from asr.config import load_config
+from asr.data.manifest import Utterance, write_manifest
+from asr.train import Trainer, lr_factor, train
+
+DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fsdd_manifest(fsdd_dir, path, names):
+    """A manifest of FSDD recordings (8 kHz wavs; the loader resamples them)."""
+    utterances = []
+    for name in names:
+        audio = fsdd_dir / f"{name}.wav"
+        info = soundfile.info(audio)
+        utterances.append(Utterance(id=name, audio=str(audio), duration=info.frames / info.samplerate,
+                                    text=DIGITS[int(name.split("_")[0])], speaker=name.split("_")[1]))
+    write_manifest(path, utterances)
+    return path
+
+
+def small_config(train_manifest, dev_manifest="", **overrides):
+    base = [f"data.train={train_manifest}", f"data.dev={dev_manifest}", "data.num_workers=0",
+            "data.max_seconds=2.0", "features.normalization=utterance", "model.num_layers=2",
+            "model.hidden_size=48", "model.subsampling_channels=8", "model.dropout=0.0", "train.log_every=1",
+            "optim.warmup_steps=10", "optim.lr=3e-3", "train.threads=1"]
+    return load_config(None, base + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def logged_losses(exp_dir):
+    """(step, loss) pairs from train.log, in the order written."""
+    pattern = re.compile(r"step (\d+) epoch \d+ loss ([0-9.e+-]+|nan|inf)")
+    return [(int(m[1]), float(m[2])) for m in pattern.finditer((exp_dir / "train.log").read_text())]
+
+
+def test_ctc_loss_goes_to_near_zero_when_overfitting_real_utterances(tmp_path, fsdd_dir):
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["0_george_5", "1_jackson_5", "7_lucas_5", "3_nicolas_5"])
+    config = small_config(manifest, manifest, **{"train.epochs": 150, "specaugment.enabled": "false",
+                                                 "optim.schedule": "constant", "train.validate_every": 0})
+    model_path = train(config, tmp_path / "exp", progress=False)
+    losses = logged_losses(tmp_path / "exp")
+    assert losses[0][1] > 2.0  # it starts at chance
+    assert losses[-1][1] < 0.1, losses[-10:]
+    history = read_plain_data(model_path)["metadata"]
+    assert history["dev_wer"] == 0.0  # the four words, recognized back by greedy decoding
+
+
+def test_resume_follows_the_same_losses_as_a_straight_run(tmp_path, fsdd_dir):
+    names = [f"{d}_{s}_{t}" for d in (2, 5, 8) for s in ("george", "yweweler") for t in (6, 7)]
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", names)
+    # Everything random is on: speed perturbation, SpecAugment, dropout, shuffled buckets.
+    settings = {"data.speed_factors": "[0.9,1.0,1.1]", "model.dropout": 0.2, "optim.schedule": "cosine",
+                "train.epochs": 3, "train.max_steps": 9, "train.checkpoint_every": 2}
+    straight = tmp_path / "straight"
+    train(small_config(manifest, **settings), straight, progress=False)
+
+    class Crash(Exception):
+        pass
+
+    class CrashesAfterStep5(Trainer):
+        def _after_step(self, budget):
+            stop = super()._after_step(budget)
+            if self.step == 5:  # the last checkpoint is at step 4: one step of work is lost and redone
+                raise Crash()
+            return stop
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        CrashesAfterStep5(small_config(manifest, **settings), resumed, progress=False).run()
+    train(small_config(manifest, **settings), resumed, resume=True, progress=False)
+
+    straight_losses = dict(logged_losses(straight))
+    resumed_losses = dict(logged_losses(resumed))  # the redone step 5 overwrites the lost one
+    assert sorted(straight_losses) == list(range(1, 10))
+    assert resumed_losses == pytest.approx(straight_losses, rel=1e-6, abs=1e-7)
+    a, b = load_model(straight / "model.pt"), load_model(resumed / "model.pt")
+    for name, tensor in a.state_dict().items():
+        assert torch.allclose(tensor, b.state_dict()[name], atol=1e-6), name
+
+
+def test_same_seed_same_model_different_seed_different_model(tmp_path, fsdd_dir):
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9", "9_george_9"])
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(small_config(manifest, **{"train.max_steps": 3, "train.seed": seed}), tmp_path / name, progress=False)
+        runs[name] = load_model(tmp_path / name / "model.pt").state_dict()
+    key = next(iter(runs["a"]))
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"] if runs["a"][k].is_floating_point()), key
+
+
+def test_unusable_utterances_are_skipped_and_listed(tmp_path, fsdd_dir):
+    good = fsdd_manifest(fsdd_dir, tmp_path / "good.jsonl", ["1_george_5", "2_george_5"])
+    utterances = [Utterance("1_george_5", str(fsdd_dir / "1_george_5.wav"), 0.4, "ONE"),
+                  Utterance("2_george_5", str(fsdd_dir / "2_george_5.wav"), 0.4, "TWO"),
+                  Utterance("missing", str(tmp_path / "missing.wav"), 0.5, "THREE"),
+                  Utterance("punctuation", str(fsdd_dir / "3_george_5.wav"), 0.4, "?!"),
+                  Utterance("too_long_text", str(fsdd_dir / "4_george_5.wav"), 0.2, "FOUR " * 20),
+                  Utterance("cjk", str(fsdd_dir / "5_george_5.wav"), 0.4, "日本")]
+    write_manifest(tmp_path / "mixed.jsonl", utterances)
+    assert good.exists()
+    train(small_config(tmp_path / "mixed.jsonl", **{"train.max_steps": 2}), tmp_path / "exp", progress=False)
+    skipped = dict(line.split("\t") for line in (tmp_path / "exp" / "skipped.tsv").read_text().splitlines())
+    assert set(skipped) == {"missing", "punctuation", "too_long_text", "cjk"}
+    assert "missing.wav" in skipped["missing"]
+    assert "no usable characters" in skipped["punctuation"]
+    assert "too long" in skipped["too_long_text"]
+
+
+def test_warmup_then_cosine_decay():
+    config = load_config(None, ["optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"])
+    assert lr_factor(0, config, 110) == pytest.approx(0.1)
+    assert lr_factor(9, config, 110) == pytest.approx(1.0)
+    assert lr_factor(60, config, 110) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(110, config, 110) == pytest.approx(0.1)
+    noam = load_config(None, ["optim.warmup_steps=100", "optim.schedule=noam"])
+    assert lr_factor(399, noam, 1000) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes(tmp_path, fsdd_dir):
+    names = [f"{d}_{s}_{t}" for d in range(10) for s in ("jackson", "nicolas") for t in (10, 11)]
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", names)
+    dev = fsdd_manifest(fsdd_dir, tmp_path / "dev.jsonl", names[:6])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "asr", "train", "--config", str(REPO / "tests" / "data" / "tiny.yaml"), "--out",
+               str(tmp_path / "exp"), "--device", "cpu", "--quiet", f"data.train={manifest}", f"data.dev={dev}",
+               "train.epochs=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "exp" / "train.log").read_text()
+    assert "2 process(es)" in log
+    assert log.count("validation step") == 2  # once an epoch, by rank 0 only
+    assert read_plain_data(tmp_path / "exp" / "model.pt")["metadata"]["dev_wer"] is not None
