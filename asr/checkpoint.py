@@ -21,6 +21,7 @@ from asr.errors import AsrError, ModelFileError
 
 MODEL_FORMAT = "asr-model"
 MODEL_FORMAT_VERSION = 1
+_TEMPORARY_SUFFIX = ".tmp"  # write_atomically's temporary files: ".<name>.<random>.tmp" beside the target
 
 
 def write_atomically(payload: dict, path: str | Path) -> None:
@@ -31,7 +32,7 @@ def write_atomically(payload: dict, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
             torch.save(payload, tmp)
@@ -45,6 +46,17 @@ def write_atomically(payload: dict, path: str | Path) -> None:
                 from err
         raise
     _fsync_directory(path.parent)  # make the rename itself durable
+
+
+def remove_unfinished_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed before their rename left in `folder`; returns their paths.
+
+    Only for a folder that no other process is writing into (a training run's own checkpoint folder).
+    """
+    leftovers = sorted(Path(folder).glob(f".*{_TEMPORARY_SUFFIX}"))
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers
 
 
 def _fsync_directory(folder: Path) -> None:

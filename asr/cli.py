@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,15 +44,31 @@ def cmd_prepare_digits(args) -> int:
     return 0
 
 
+def _read_checksums(path: str | None) -> dict[str, str] | None:
+    """--checksums: a JSON object {archive or file name: sha256}, or None when not given."""
+    import json
+
+    if path is None:
+        return None
+    try:
+        checksums = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise AsrError(f"{path}: cannot read the checksums: {error}") from error
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise AsrError(f"{path}: expected a JSON object of name → sha256 hex digest")
+    return checksums
+
+
 def cmd_download(args) -> int:
     if args.corpus == "librispeech":
         from asr.data.librispeech import download_librispeech
 
-        download_librispeech(args.subsets, args.dest, base_url=args.base_url)
+        download_librispeech(args.subsets, args.dest, base_url=args.base_url, checksums=_read_checksums(args.checksums))
     elif args.corpus == "librispeech-lm":
-        from asr.data.librispeech import download_librispeech_lm
+        from asr.data.librispeech import LM_FILES, download_librispeech_lm
 
-        download_librispeech_lm(args.dest, base_url=args.base_url)
+        download_librispeech_lm(args.dest, files=args.files or LM_FILES, base_url=args.base_url,
+                                checksums=_read_checksums(args.checksums))
     else:
         from asr.data.fsdd import download_fsdd
 
@@ -224,6 +241,15 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from asr.report import write_report
+
+    for exp_dir in args.experiments:
+        report_path = write_report(exp_dir)
+        print(report_path.read_text(encoding="utf-8"))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The parser
 
@@ -260,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dest", required=True, help="download and extraction folder")
     download.add_argument("--subsets", nargs="+", default=["dev-clean", "dev-other", "test-clean", "test-other"])
     download.add_argument("--base-url", default=None, help="a mirror (default: the official openslr.org URL)")
+    download.add_argument("--files", nargs="+", default=None,
+                          help="librispeech-lm: which files (default: all, 4-gram.arpa.gz's 1.3 GB included)")
+    download.add_argument("--checksums", default=None, metavar="JSON",
+                          help="librispeech, librispeech-lm: a JSON object {subset or file name: sha256} overriding "
+                               "the published checksums (a private mirror)")
     download.add_argument("--sha256", default=None, help="fsdd: the archive's expected SHA-256")
     download.set_defaults(func=cmd_download)
 
@@ -329,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "all deletions")
     score.add_argument("--json", action="store_true", help="print the results as one JSON object")
     score.set_defaults(func=cmd_score)
+
+    report = commands.add_parser("report", help="an experiment's report.md (training, WER tables) and curves.png")
+    report.add_argument("experiments", nargs="+", metavar="EXP_DIR", help="experiment folders, e.g. exp/train_100")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -363,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"asr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `asr transcribe ... | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
 
 
 if __name__ == "__main__":

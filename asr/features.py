@@ -11,6 +11,8 @@ Each step takes a `lengths` tensor beside the padded batch, on any device; frame
 exactly 0 throughout.
 """
 import json
+import logging
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -20,7 +22,9 @@ from torch import nn
 from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, load_audio, resample
-from asr.errors import AsrError, ConfigError
+from asr.errors import AsrError, AudioError, ConfigError
+
+log = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("global", "utterance", "none")
 
@@ -187,6 +191,8 @@ def estimate_cmvn(utterances, cfg: FeatureConfig, max_utterances: int | None = N
 
     With `max_utterances`, that many are taken evenly spaced through the list, so a manifest sorted by speaker
     still contributes all its speakers. Returns `{"mean": [...], "std": [...], "frames": N, "utterances": N}`.
+    An utterance whose audio cannot be read is left out, as training leaves it out, and named in a warning at the
+    end; AsrError when none can be read.
     """
     utterances = list(utterances)
     if max_utterances is not None and max_utterances < len(utterances):
@@ -199,23 +205,41 @@ def estimate_cmvn(utterances, cfg: FeatureConfig, max_utterances: int | None = N
     total = torch.zeros(cfg.n_mels, dtype=torch.float64)
     total_of_squares = torch.zeros(cfg.n_mels, dtype=torch.float64)
     frames = 0
+    unreadable: list[AudioError] = []
     with torch.inference_mode():
         for utterance in tqdm(utterances, desc="CMVN statistics", unit="utt", disable=not progress):
-            audio = load_audio(utterance.audio, cfg.sample_rate)
+            try:
+                audio = load_audio(utterance.audio, cfg.sample_rate)
+            except AudioError as error:
+                unreadable.append(error)
+                continue
             feats, _ = logmel(audio[None], torch.tensor([len(audio)]))
             feats = feats[0].double()
             total += feats.sum(dim=0)
             total_of_squares += feats.square().sum(dim=0)
             frames += len(feats)
+    if unreadable:
+        log.warning("CMVN statistics: left out %d of %d utterances whose audio cannot be read:\n  %s",
+                    len(unreadable), len(utterances), "\n  ".join(map(str, unreadable)))
+    if frames == 0:
+        raise AsrError(f"cannot estimate CMVN statistics: the audio of none of the {len(utterances)} utterances "
+                       f"can be read (first: {unreadable[0]})")
     mean = total / frames
     variance = (total_of_squares / frames - mean.square()).clamp(min=0)
     std = variance.sqrt().clamp(min=_MIN_CMVN_STD)
-    return {"mean": mean.tolist(), "std": std.tolist(), "frames": frames, "utterances": len(utterances)}
+    return {"mean": mean.tolist(), "std": std.tolist(), "frames": frames,
+            "utterances": len(utterances) - len(unreadable)}
 
 
 def save_cmvn(path, stats: dict) -> None:
-    """Write CMVN statistics (as `estimate_cmvn` returns them) to a JSON file."""
-    Path(path).write_text(json.dumps(stats, indent=1) + "\n")
+    """Write CMVN statistics (as `estimate_cmvn` returns them) to a JSON file.
+
+    Written beside it, then renamed: a run killed while writing leaves no half file for `--resume` to trip on.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(stats, indent=1) + "\n")
+    os.replace(partial, path)
 
 
 def load_cmvn(path) -> dict:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from asr.checkpoint import load_checkpoint, save_checkpoint, save_model
+from asr.checkpoint import load_checkpoint, remove_unfinished_writes, save_checkpoint, save_model
 from asr.config import ExperimentConfig, save_config
 from asr.data.dataset import SpeechDataset, collate
 from asr.data.manifest import read_manifest
@@ -119,15 +119,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class SkipLog:
-    """Utterances not trained on, by reason: counted, listed in skipped.tsv, summed up at the end. Never silent."""
-    entries: list = field(default_factory=list)  # (utterance id, reason)
+    """Utterances not trained on, by reason: counted, listed in skipped.tsv, summed up at the end. Never silent.
+
+    An unreadable file is met again every epoch, and again after a resume: it is listed once, with its first reason.
+    """
+    entries: dict = field(default_factory=dict)  # utterance id → reason
 
     def add(self, utt_id: str, reason: str) -> None:
-        self.entries.append((utt_id, reason))
+        self.entries.setdefault(utt_id, reason)
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
-        for _, reason in self.entries:
+        for reason in self.entries.values():
             key = reason.split(":")[0]
             counts[key] = counts.get(key, 0) + 1
         return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "none"
@@ -150,7 +153,7 @@ def usable_utterances(utterances, tokenizer, config: ExperimentConfig, skips: Sk
     kept = []
     for utt in utterances:
         if utt.duration > config.data.max_duration:
-            skips.add(utt.id, f"longer than data.max_duration ({utt.duration:.1f} s > {config.data.max_duration} s)")
+            skips.add(utt.id, f"longer than data.max_duration: {utt.duration:.1f} s > {config.data.max_duration} s")
             continue
         unknown = tokenizer.unknown_characters(utt.text)
         if unknown:
@@ -163,7 +166,7 @@ def usable_utterances(utterances, tokenizer, config: ExperimentConfig, skips: Sk
         # CTC needs a frame per token, plus a blank between repeated tokens.
         needed = len(tokens) + sum(a == b for a, b in zip(tokens, tokens[1:]))
         if needed > int(utt.duration * frames_per_second):
-            skips.add(utt.id, f"transcript too long for the audio ({needed} CTC frames needed)")
+            skips.add(utt.id, f"transcript too long for the audio: {needed} CTC frames needed")
             continue
         kept.append(utt)
     return kept
@@ -210,6 +213,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(config, self.out / "config.yaml")
         self._setup_logging()
+        if self.procs.is_main:
+            for leftover in remove_unfinished_writes(self.out / "checkpoints"):
+                log.warning("removed %s: a checkpoint whose writing was interrupted", leftover)
         self.skips = SkipLog()
         payload = load_checkpoint(checkpoint) if checkpoint else None
 
@@ -313,7 +319,8 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "elapsed": self.elapsed, "bad_batches": self.bad_batches,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_state(),
-            "history": self.history, "best": [list(b) for b in self.best], "skipped": [list(s) for s in self.skips.entries],
+            "history": self.history, "best": [list(b) for b in self.best],
+            "skipped": [list(s) for s in self.skips.entries.items()],
         }
 
     def _restore(self, payload: dict) -> None:
@@ -328,6 +335,7 @@ class Trainer:
         self.bad_batches = state["bad_batches"]
         self.history = state["history"]
         self.best = [tuple(b) for b in state["best"]]
+        self.skips.entries = dict(state["skipped"])  # with the unreadable files met before the interruption
 
     def _metadata(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "train_manifest": self.config.data.train,
@@ -511,9 +519,19 @@ class Trainer:
         return stop
 
     def finish(self) -> Path | None:
-        """Write model.pt (the best by dev WER, else the last weights) and the list of skipped utterances."""
+        """Write the list of skipped utterances, the validation history, then model.pt (the best by dev WER, else
+        the last weights): a model.pt means the run finished."""
         model_path = None
+        if self.procs.world_size > 1:  # each rank met the unreadable files of its own shard of the batches
+            gathered = [None] * self.procs.world_size
+            dist.all_gather_object(gathered, self.skips.entries)
+            for entries in gathered:
+                for utt_id, reason in entries.items():
+                    self.skips.add(utt_id, reason)
         if self.procs.is_main:
+            with open(self.out / "skipped.tsv", "w", encoding="utf-8") as f:
+                f.writelines(f"{utt_id}\t{reason}\n" for utt_id, reason in self.skips.entries.items())
+            (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
             if self.best:
                 best_step = self.best[0][1]
                 payload = (self.out / "checkpoints" / f"best-{best_step}.pt").read_bytes()
@@ -524,9 +542,6 @@ class Trainer:
             else:
                 model_path = self.out / "model.pt"
                 save_model(self.model, model_path, self._metadata())
-            with open(self.out / "skipped.tsv", "w") as f:
-                f.writelines(f"{utt_id}\t{reason}\n" for utt_id, reason in self.skips.entries)
-            (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
             log.info("done: %d steps, %.1f min of training; %d bad batches skipped; utterances skipped: %s; model: %s",
                      self.step, self.elapsed / 60, self.bad_batches, self.skips.summary(), model_path)
             if self.writer:

@@ -50,7 +50,7 @@ fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   say "stage 1: global CMVN statistics"
-  asr features --manifest data/train.jsonl --cmvn-out data/cmvn.json --config "$config"
+  asr features --manifest data/train.jsonl --cmvn-out data/cmvn.json --config "$config" --max-utterances 500
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
