@@ -71,13 +71,13 @@ class ModelConfig:
         return tuple(self.subsampling_channels)
 
     def layer_rnn_types(self) -> list[str]:
-        """"gru" or "lstm" for each recurrent layer, bottom first."""
+        """The kind of each recurrent layer, "gru" or "lstm", bottom first."""
         if self.rnn_type == "gru-lstm":
             return ["gru" if i % 2 == 0 else "lstm" for i in range(self.num_layers)]
         return [self.rnn_type] * self.num_layers
 
     def to_dict(self) -> dict:
-        """Plain data (no tuples, which YAML's safe dumper refuses)."""
+        """Plain data: per-layer channels as a list, so the dict equals itself read back from JSON or YAML."""
         values = asdict(self)
         if isinstance(values["subsampling_channels"], tuple):
             values["subsampling_channels"] = list(values["subsampling_channels"])
@@ -101,11 +101,12 @@ def _require(condition: bool, key: str, problem: str) -> None:
 def uses_packing(packing: str, device: torch.device) -> bool:
     """Whether a recurrent layer runs on packed sequences; both ways give the same outputs, only speed differs.
 
-    "auto" pads on CPU, measured with `tools/bench_rnn_packing.py` (2 CPU threads, batch 8, lengths spread over
-    [T/2, T], one 640 → 2 × 512 bidirectional GRU layer, forward + backward, medians): padded was 1.6× faster at
-    T = 100 frames, 2.2× at 200 and 3.4× at 400, because torch's CPU kernels step a packed sequence one time step at a
-    time. On CUDA "auto" packs: cuDNN runs packed sequences natively and skips the padded steps. The GPU choice is not
-    measured yet; run the same tool on a GPU to check it.
+    "auto" pads on CPU. Measured with `tools/bench_rnn_packing.py --threads 1 --repeats 5` (batch 8, lengths spread
+    over [T/2, T], forward + backward, medians), padded against packed: one 640 → 2 × 512 GRU layer 0.50 s / 0.60 s at
+    T = 100 recurrent frames, 1.02 / 1.60 at 200, 2.24 / 4.65 at 400; the whole default model 2.7 / 3.8 s, 4.7 / 7.1
+    and 9.6 / 18.9. Padding wins although it computes a third more frames here, and wins more as utterances grow.
+    On CUDA "auto" packs, because cuDNN runs packed sequences natively and skips the padded steps; that choice is not
+    measured yet: run the same tool on a GPU to check it.
     """
     if packing == "auto":
         return device.type == "cuda"
@@ -161,6 +162,7 @@ class Subsampler(nn.Module):
         return lengths
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F) features and lengths → (B, ⌈T/4⌉, output_dim) frames and their lengths."""
         x = feats.unsqueeze(1)  # (B, 1, T, F)
         for conv in self.convs:
             x = x * time_mask(lengths, x.size(2))[:, None, :, None]
@@ -237,8 +239,9 @@ class ReferenceGRU(nn.Module):
 
     Its reset gate scales the recurrent product after the matrix multiplication, with an extra bias b_hn inside,
     instead of choosing which units of h_{t-1} the product sees; no choice of weights turns one into the other. Its z
-    weights h_{t-1} where the seed's weights h̃_t: that alone is a relabelling (z ↔ 1 − z, i.e. negated gate weights),
-    as is Cho et al.'s paper, which also puts z on h_{t-1}.
+    weights h_{t-1} where the seed's z weights h̃_t; that difference alone is a relabelling (z ↔ 1 − z: the same cell
+    with negated update-gate weights and bias). Cho et al.'s paper also puts z on h_{t-1}; the seed's form is the one
+    implemented here.
 
     Parameters, direction 0 forward and 1 backward, rows of each gate block in the order reset, update, candidate:
     `weight_input` (2, 3H, I) multiplies x_t, `weight_hidden` (2, 3H, H) multiplies h_{t-1} (reset, update) and
@@ -293,9 +296,11 @@ class EncoderLayer(nn.Module):
         self.norm = nn.LayerNorm(self.output_size) if layer_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, I) → (B, T, output_size)."""
         forward_out, backward_out = self.rnn(x, lengths)
-        merged = torch.cat([forward_out, backward_out], dim=-1) if self.merge == "concat" else forward_out + backward_out
-        return self.norm(merged)
+        if self.merge == "concat":
+            return self.norm(torch.cat([forward_out, backward_out], dim=-1))
+        return self.norm(forward_out + backward_out)
 
 
 class Encoder(nn.Module):

@@ -3,6 +3,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# The models in tests are tiny: a second torch thread only adds synchronization, and on a busy 2-core machine it
+# made training steps up to 30× slower. Tests that measure threading set their own.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 

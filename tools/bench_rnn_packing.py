@@ -2,11 +2,14 @@
 
 Both give the same outputs (asr.model keeps padding out of every recurrence either way); this measures what
 `ModelConfig.packing="auto"` should pick. Each case is timed forward + backward, padded and packed taking turns after
-a warm-up, and the median of the repeats is reported. The batch's lengths are spread evenly over [min_fraction·T, T], as in a length-bucketed batch.
+a warm-up, and the median of the repeats is reported. The batch's lengths are spread evenly over [min_fraction·T, T],
+as in a length-bucketed batch.
 
     python tools/bench_rnn_packing.py                 # one layer and the whole default model, several lengths
     python tools/bench_rnn_packing.py --quick         # a smoke run in seconds
     python tools/bench_rnn_packing.py --device cuda --json gpu.json
+    python tools/bench_rnn_packing.py --threads 1     # on a shared CPU: a second thread waiting on a busy core
+                                                      # makes the timings erratic
 
 Cases: "layer" is one bidirectional GRU layer of the default model (640 → 2 × 512) at T recurrent frames; "model" is
 the whole default AcousticModel (5 × 512 BiGRU) on 4·T feature frames, so that its recurrent layers also see T.
@@ -126,7 +129,8 @@ def print_row(row: dict) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="short lengths, one repeat: a smoke run")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["layer", "model"])
     parser.add_argument("--frames", nargs="+", type=int, help="recurrent frames T (default 100 200 400)")

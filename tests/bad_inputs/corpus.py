@@ -11,6 +11,7 @@ of them, so that a format read wrongly (a channel dropped, a wrong rate, garbage
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 from collections.abc import Callable
@@ -288,7 +289,7 @@ def write_librispeech_tree(root: Path, audio: dict[str, Path], reference: Path) 
             if source is not None and source.is_dir():
                 target.mkdir()
             elif source is not None and source.exists():
-                target.write_bytes(source.read_bytes())
+                os.link(source, target)  # a second name, not a copy: the hour-long file stays one sparse file
             if text is not None:
                 lines.append(f"{utterance_id} {text}")
         if with_transcript:
