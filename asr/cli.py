@@ -29,7 +29,8 @@ def cmd_prepare_kaldi(args) -> int:
 def cmd_prepare_librispeech(args) -> int:
     from asr.data.librispeech import prepare_librispeech
 
-    reports = prepare_librispeech(args.root, args.subsets, args.out, num_workers=args.workers)
+    reports = prepare_librispeech(args.root, args.subsets, args.out, num_workers=args.workers,
+                                  progress=sys.stderr.isatty())
     for subset, report in reports.items():
         print(f"{subset}: {report.summary()}")
     return 0
@@ -38,7 +39,7 @@ def cmd_prepare_librispeech(args) -> int:
 def cmd_prepare_digits(args) -> int:
     from asr.data.digits import build_connected_digits
 
-    reports = build_connected_digits(args.fsdd, args.out, seed=args.seed)
+    reports = build_connected_digits(args.fsdd, args.out, seed=args.seed, progress=sys.stderr.isatty())
     for split, report in reports.items():
         print(f"{split}: {report.summary()}")
     return 0
@@ -86,7 +87,8 @@ def cmd_features(args) -> int:
     from asr.features import estimate_cmvn, save_cmvn
 
     config = load_config(args.config, args.overrides)
-    stats = estimate_cmvn(read_manifest(args.manifest), config.features, max_utterances=args.max_utterances)
+    stats = estimate_cmvn(read_manifest(args.manifest), config.features, max_utterances=args.max_utterances,
+                          progress=sys.stderr.isatty())
     save_cmvn(args.cmvn_out, stats)
     print(f"CMVN statistics over {stats['frames']} frames of {stats['utterances']} utterances → {args.cmvn_out}")
     return 0
@@ -111,21 +113,25 @@ def cmd_train(args) -> int:
     from asr.train import train
 
     config = load_config(args.config, args.overrides)
-    model_path = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    model_path = train(config, args.out, resume=args.resume, device=args.device,
+                       progress=sys.stderr.isatty() and not args.quiet)
     if model_path:
         print(f"model: {model_path}")
     return 0
 
 
 def cmd_average(args) -> int:
-    from asr.checkpoint import average_model_files
+    from asr.checkpoint import average_model_files, read_plain_data
 
     paths = list(args.checkpoints)
     if args.exp:
         folder = Path(args.exp) / "checkpoints"
-        pattern = "best-*.pt" if args.best else "ckpt-*.pt"  # the trainer keeps the best few by dev WER
-        found = sorted(folder.glob(pattern), key=lambda p: int(p.stem.split("-")[1]))
-        paths += found[-args.num:]
+        if args.best:  # the trainer keeps its best model files by dev WER: take the num lowest
+            found = sorted(folder.glob("best-*.pt"), key=lambda p: read_plain_data(p)["metadata"]["dev_wer"])
+            paths += found[:args.num]
+        else:
+            found = sorted(folder.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+            paths += found[-args.num:]
     if not paths:
         raise AsrError("average: no checkpoints found (give files, or --exp DIR)")
     average_model_files(paths, args.out)

@@ -6,6 +6,8 @@ model's outputs their meaning. Audio goes in, CTC log-probabilities come out.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -16,7 +18,10 @@ from asr.text import tokenizer_from_dict
 
 class Recognizer(nn.Module):
     def __init__(self, model_config: ModelConfig, feature_config: FeatureConfig, tokenizer,
-                 specaugment_config: SpecAugmentConfig | None = None, cmvn_stats: dict | None = None):
+                 specaugment_config: SpecAugmentConfig | None = None, cmvn_stats: dict | None = None,
+                 initialize: bool = True):
+        """`initialize=False` leaves the acoustic model's parameters unallocated (on the meta device), for a caller
+        that assigns them all from a state dict, as `from_payload` does."""
         super().__init__()
         if model_config.vocab_size != tokenizer.vocab_size:
             raise ValueError(f"model has {model_config.vocab_size} outputs but the tokenizer {tokenizer.vocab_size} tokens")
@@ -24,7 +29,8 @@ class Recognizer(nn.Module):
         self.feature_config = feature_config
         self.tokenizer = tokenizer
         self.frontend = Frontend(feature_config, specaugment_config, cmvn_stats)
-        self.acoustic = AcousticModel(model_config)
+        with nullcontext() if initialize else torch.device("meta"):
+            self.acoustic = AcousticModel(model_config)
         self.source_path: str | None = None  # the model file it was loaded from, if any
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,9 +56,12 @@ class Recognizer(nn.Module):
         feature_config = FeatureConfig.from_dict(payload["feature_config"])
         # Placeholder statistics: the real ones arrive with the state dict (they are buffers of the frontend).
         placeholder = {"mean": [0.0] * feature_config.n_mels, "std": [1.0] * feature_config.n_mels}
+        # Random initialization would be thrown away, and it is slow: the orthogonal recurrent matrices of the
+        # default model took 4 to 10 s of a 2-core CPU, longer than transcribing a minute of audio. So the acoustic
+        # model starts unallocated and takes the file's tensors as they are.
         recognizer = cls(ModelConfig.from_dict(payload["model_config"]), feature_config,
-                         tokenizer_from_dict(payload["tokenizer"]), cmvn_stats=placeholder)
-        recognizer.load_state_dict(payload["state_dict"])
+                         tokenizer_from_dict(payload["tokenizer"]), cmvn_stats=placeholder, initialize=False)
+        recognizer.load_state_dict(payload["state_dict"], assign=True)
         recognizer.metadata = payload.get("metadata", {})
         return recognizer
 

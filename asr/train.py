@@ -424,9 +424,10 @@ class Trainer:
                         finite = self._all_ranks_agree(bool(torch.isfinite(loss)))
                         if finite:
                             self.scaler.scale(loss / cfg.optim.accum_steps).backward()
-                except torch.cuda.OutOfMemoryError:
-                    if self.procs.world_size > 1:
-                        raise  # the other ranks are waiting in all-reduce: a skip here would hang them
+                except torch.cuda.OutOfMemoryError as error:
+                    if self.procs.world_size > 1:  # the other ranks wait in all-reduce: a skip here would hang them
+                        raise AsrError(f"step {self.step}: out of GPU memory on a batch of {len(batch)} utterances "
+                                       f"({' '.join(batch.ids[:5])}); lower data.max_seconds") from error
                     torch.cuda.empty_cache()
                     micro = 0
                     self._skip_bad_batch("out of GPU memory; lower data.max_seconds", batch.ids)

@@ -27,7 +27,8 @@ from asr.data import kaldi, librispeech
 from asr.text import CharTokenizer, normalize_text
 from bad_inputs import corpus
 from bad_inputs.corpus import AUDIO_CASE, AUDIO_CASES, MANIFEST_CASES, SAMPLE_RATE, TEXT_CASES
-from bad_inputs.fixtures import bad_corpus  # noqa: F401  (a fixture)
+
+pytest_plugins = ["bad_inputs.fixtures"]  # the bad_corpus fixture
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny.yaml"
@@ -92,6 +93,12 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def read_tsv(path):
+    """The rows of a table with a header line, as dicts."""
+    header, *lines = path.read_text(encoding="utf-8").splitlines()
+    return [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # prepare
 
@@ -112,20 +119,18 @@ def test_prepare_librispeech_writes_what_it_can_read_and_lists_the_rest(bad_corp
     }
     listed = {utterance_id: reason for reason, ids in printed_skips(capsys.readouterr().out).items()
               for utterance_id in ids}
-    assert {utterance_id: tree.case_of[utterance_id] for utterance_id in listed} == \
-        {utterance_id: case for utterance_id, case in tree.case_of.items() if case in expected_skips}
-    assert all(reason == expected_skips[tree.case_of[utterance_id]] for utterance_id, reason in listed.items())
+    assert {tree.case_of[utterance_id]: reason for utterance_id, reason in listed.items()} == expected_skips
     written = {record["id"]: record for record in read_jsonl(tmp_path / "out" / f"{tree.subset}.jsonl")}
     assert_none_lost(tree.case_of, written, listed)
 
+    text_cases = {case.id: case for case in TEXT_CASES}
     for utterance_id, record in written.items():
         case = tree.case_of[utterance_id]
-        if case in AUDIO_CASE:
-            assert case in WHOLE_HEADER or AUDIO_CASE[case].readable
+        if case in text_cases:  # kept as normalized, whatever its script
+            assert record["text"] == normalize_text(text_cases[case].text) != "", text_cases[case].what
+        else:
+            assert AUDIO_CASE[case].readable or case in WHOLE_HEADER
             assert record["duration"] == pytest.approx(AUDIO_CASE[case].duration)
-        else:  # a text case: kept as normalized, whatever its script
-            text = next(text_case.text for text_case in TEXT_CASES if text_case.id == case)
-            assert record["text"] == normalize_text(text) != ""
     # The reason an unreadable file was left out is logged with its path.
     for utterance_id, case in tree.case_of.items():
         if expected_skips.get(case) == librispeech.UNREADABLE_AUDIO:
@@ -179,6 +184,15 @@ def test_cmvn_estimation_leaves_out_unreadable_audio_and_names_it(bad_corpus, tm
     for case in UNREADABLE:
         assert f"{bad_corpus.audio[case.name]}: {case.problem}" in warning
 
+    nothing_readable = corpus.write_lines(tmp_path / "unreadable.jsonl", [
+        corpus.manifest_line(case.name, bad_corpus.audio[case.name], case.words) for case in UNREADABLE])
+    assert main(["features", "--manifest", str(nothing_readable), "--cmvn-out", str(tmp_path / "none.json")]) == 1
+    first = UNREADABLE[0]
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"asr features: error: cannot estimate CMVN statistics: the audio of none of the {len(UNREADABLE)} "
+        f"utterances can be read (first: {bad_corpus.audio[first.name]}: {first.problem}")
+    assert not (tmp_path / "none.json").exists()
+
 
 def test_training_lists_every_utterance_it_does_not_train_on_once(bad_corpus, tmp_path, monkeypatch):
     trained = []
@@ -208,7 +222,7 @@ def test_training_lists_every_utterance_it_does_not_train_on_once(bad_corpus, tm
     assert f"{len(UNREADABLE)} unreadable audio" in (exp / "train.log").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("case", MANIFEST_CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("case", MANIFEST_CASES, ids=lambda case: case.what)
 @pytest.mark.parametrize("command", ["train", "evaluate", "features", "tokenizer"])
 def test_a_bad_manifest_line_stops_every_command_naming_file_and_line(bad_corpus, tmp_path, capsys, listener,
                                                                        case, command):
@@ -243,10 +257,10 @@ def test_transcribe_gives_every_readable_file_its_words_and_names_every_other(ba
             f"asr transcribe: error: {bad_corpus.audio[case.name]}: {TRANSCRIBE_PROBLEM[case.name]}")
     for case in READABLE:
         record = transcripts[case.name]
-        assert record["text"] == case.words, case.name
+        assert record["text"] == case.words, case.what
         assert record["duration"] == pytest.approx(case.duration, abs=1e-3)
         starts = [word["start"] for word in record["words"]]
-        assert starts == pytest.approx(case.burst_starts, abs=0.05), case.name
+        assert starts == pytest.approx(case.burst_starts, abs=0.05), case.what
     # The hour went through the model in 30-second windows, never whole.
     assert listener.longest_input == 30 * SAMPLE_RATE
 
@@ -257,16 +271,17 @@ def test_evaluate_scores_readable_files_lists_the_others_and_scores_any_script(b
                  "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
     report = out / bad_corpus.manifest.stem
-    unreadable = {row["id"]: row["error"] for row in _tsv(report / "unreadable.tsv")}
+    unreadable = {row["id"]: row["error"] for row in read_tsv(report / "unreadable.tsv")}
     assert set(unreadable) == {case.name for case in UNREADABLE}
     for case in UNREADABLE:
         assert unreadable[case.name].startswith(f"{bad_corpus.audio[case.name]}: {TRANSCRIBE_PROBLEM[case.name]}")
-    rows = {row["id"]: row for row in _tsv(report / "per_utt.tsv")}
+    rows = {row["id"]: row for row in read_tsv(report / "per_utt.tsv")}
     given = [case.name for case in AUDIO_CASES] + [case.id for case in TEXT_CASES]
     assert sorted(rows) == sorted(given)  # every utterance is scored: the unreadable ones as all deletions
-    assert_none_lost(given, [i for i in given if i not in unreadable], unreadable)
+    hypotheses = [line.split()[0] for line in (report / "hyp.txt").read_text(encoding="utf-8").splitlines()]
+    assert_none_lost(given, hypotheses, unreadable)
     for case in READABLE:
-        assert (rows[case.name]["errors"], rows[case.name]["hyp"]) == ("0", case.words), case.name
+        assert (rows[case.name]["errors"], rows[case.name]["hyp"]) == ("0", case.words), case.what
     for case in UNREADABLE:
         assert rows[case.name]["deletions"] == "3" and rows[case.name]["hyp"] == ""
     # The listener hears "A A A" in the text cases' recording; their errors, counted by hand.
@@ -281,11 +296,6 @@ def test_evaluate_scores_readable_files_lists_the_others_and_scores_any_script(b
     assert result["missing"] == len(UNREADABLE)
 
 
-def _tsv(path):
-    header, *lines = path.read_text(encoding="utf-8").splitlines()
-    return [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
-
-
 def test_score_normalizes_any_script_alike_on_both_sides(tmp_path, capsys):
     ref = corpus.write_lines(tmp_path / "ref.txt", [f"{case.id} {case.text}" for case in TEXT_CASES])
     hyp = corpus.write_lines(tmp_path / "hyp.txt", ["punctuation_only", "accents cafe naive zoe", "cjk 日本語",
@@ -296,10 +306,32 @@ def test_score_normalizes_any_script_alike_on_both_sides(tmp_path, capsys):
     assert (result["words"], result["deletions"], result["substitutions"], result["insertions"]) == (8, 2, 0, 0)
     assert result["wer"] == 0.25
 
-    latin1 = tmp_path / "latin1.txt"
-    latin1.write_bytes("accents CAF\u00c9\n".encode("latin-1"))
-    assert main(["score", "--ref", str(latin1), "--hyp", str(hyp)]) == 1
-    assert capsys.readouterr().err.startswith(f"asr score: error: {latin1}:1: not UTF-8 text")
+
+@pytest.mark.parametrize("entry", ["prepare librispeech", "prepare kaldi", "train", "score"])
+def test_a_transcript_not_in_utf8_stops_every_reader_naming_the_file(bad_corpus, tmp_path, capsys, entry):
+    latin1 = "CAF\u00c9".encode("latin-1")  # É is one byte in Latin-1, never a whole character in UTF-8
+    if entry == "prepare librispeech":
+        tree = corpus.write_librispeech_tree(tmp_path / "src", bad_corpus.audio, bad_corpus.reference)
+        bad_file = next((tmp_path / "src").rglob("100-2.trans.txt"))
+        bad_file.write_bytes(bad_file.read_bytes() + b"100-2-0009 " + latin1 + b"\n")
+        arguments, where = ["prepare", "librispeech", "--root", str(tree.root), "--subsets", tree.subset, "--out",
+                            str(tmp_path / "out")], f"{bad_file}:{len(TEXT_CASES) + 1}"
+    elif entry == "prepare kaldi":
+        wav_scp, bad_file = corpus.write_kaldi_folder(tmp_path / "kaldi", bad_corpus.audio, bad_corpus.reference)
+        bad_file.write_bytes(bad_file.read_bytes() + b"latin1 " + latin1 + b"\n")
+        arguments, where = ["prepare", "kaldi", "--wav-scp", str(wav_scp), "--text", str(bad_file), "--out",
+                            str(tmp_path / "out")], str(bad_file)
+    elif entry == "train":
+        bad_file = tmp_path / "train.jsonl"
+        bad_file.write_bytes(corpus.manifest_line("a", bad_corpus.reference, "X").encode().replace(b"X", latin1))
+        arguments, where = ["train", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "exp"), "--quiet",
+                            f"data.train={bad_file}"], f"{bad_file}:1"
+    else:
+        bad_file = tmp_path / "ref.txt"
+        bad_file.write_bytes(b"accents " + latin1 + b"\n")
+        arguments, where = ["score", "--ref", str(bad_file), "--hyp", str(bad_file)], f"{bad_file}:1"
+    assert main(arguments) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"asr {arguments[0]}: error: {where}: not UTF-8 text")
 
 
 # ----------------------------------------------------------------------------------------------------------------

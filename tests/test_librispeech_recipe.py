@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from asr.checkpoint import save_checkpoint, save_model
 from asr.cli import main as asr_main
 from asr.config import load_config
 from asr.data.manifest import read_manifest
+from asr.errors import AsrError
 from asr.lm import build_arpa
 from asr.recognizer import Recognizer
 from asr.report import format_report, read_curves, summarize_experiment, write_report
@@ -140,9 +142,10 @@ def test_unreadable_checksums_file_is_named(tmp_path, capsys):
 
 def test_lm_text_leaves_out_the_dev_and_test_transcripts(tmp_path):
     manifest = tmp_path / "dev.jsonl"
-    manifest.write_text(json.dumps({"id": "a", "audio": "a.flac", "duration": 1.0, "text": "HELLO THERE WORLD"}) + "\n")
+    manifest.write_text("".join(json.dumps({"id": str(n), "audio": "a.flac", "duration": 1.0, "text": text}) + "\n"
+                                for n, text in enumerate(["HELLO THERE WORLD", "IN THE FIFTH CENTURY A D"])))
     text = tmp_path / "text.txt"
-    text.write_text("Hello there, world!\nhello there world again\n\nAnother line.\n")
+    text.write_text("Hello there, world!\nhello there world again\n\nIn the fifth century A.D.\nAnother line.\n")
     out = tmp_path / "lm.txt"
     result = subprocess.run([sys.executable, str(RECIPE / "local" / "lm_text.py"), "--text", str(text), "--exclude",
                              str(manifest), "--out", str(out)], capture_output=True, text=True,
@@ -225,7 +228,7 @@ def test_report_command_writes_markdown_and_png(experiment, capsys):
 
 
 def test_report_without_a_model_names_the_folder(tmp_path):
-    with pytest.raises(Exception, match=f"{tmp_path}: no model.pt"):
+    with pytest.raises(AsrError, match=re.escape(f"{tmp_path}: no model.pt")):
         write_report(tmp_path)
 
 

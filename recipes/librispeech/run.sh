@@ -81,7 +81,7 @@ while [ $# -gt 0 ]; do
     --word-scores) word_scores="$2"; shift 2 ;;
     --tune-utterances) tune_utterances="$2"; shift 2 ;;
     --work-dir) work_dir=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -114,7 +114,7 @@ asr() { python -m asr "$@"; }
 say() { printf '\n=== %s ===\n' "$*"; }
 manifest() { echo "data/manifests/$1.jsonl"; }
 
-# One manifest for several subsets (the first one's own when there is one): data/manifests/<a>+<b>.jsonl.
+# The manifest of a list of subsets: a single subset's own, or data/manifests/<a>+<b>.jsonl joining them.
 joined_manifest() {
   local sets=($1)
   local out
@@ -129,12 +129,17 @@ write_manifest(sys.argv[1], [u for path in sys.argv[2:] for u in read_manifest(p
   echo "$out"
 }
 
-# The tokenizer section of the experiment config, command-line overrides applied: "kind vocab_size model_type".
-tokenizer_settings() {
-  python -c 'import sys
+# The tokenizer the config asks for (command-line overrides applied): sets tokenizer_kind, vocab_size, model_type
+# and tokenizer_file, the file stage 2 writes and stage 4 trains with.
+read_tokenizer_settings() {
+  local settings
+  settings=$(python -c 'import sys
 from asr.config import load_config
 tokenizer = load_config(sys.argv[1], sys.argv[2:]).tokenizer
-print(tokenizer.kind, tokenizer.vocab_size, tokenizer.model_type)' "$config" "${overrides[@]}"
+print(tokenizer.kind, tokenizer.vocab_size, tokenizer.model_type)' "$config" "${overrides[@]}")
+  read -r tokenizer_kind vocab_size model_type <<< "$settings"
+  tokenizer_file="$bundle/tokenizer_char.json"
+  if [ "$tokenizer_kind" = bpe ]; then tokenizer_file="$bundle/tokenizer_${model_type}${vocab_size}.json"; fi
 }
 
 # The ARPA files stage 6 makes and stage 7 decodes with.
@@ -148,10 +153,6 @@ lm_files() {
 
 train_tag=$(IFS=+; set -- $train_sets; echo "$*")
 bundle="data/$train_tag"  # what the training set's stages make: tokenizer and CMVN statistics
-settings=$(tokenizer_settings)
-read -r tokenizer_kind vocab_size model_type <<< "$settings"
-tokenizer_file="$bundle/tokenizer_char.json"
-[ "$tokenizer_kind" = bpe ] && tokenizer_file="$bundle/tokenizer_${model_type}${vocab_size}.json"
 
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   if [ -n "$data_root" ]; then
@@ -169,6 +170,7 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  read_tokenizer_settings
   say "stage 2: $tokenizer_kind tokenizer of the $train_tag transcripts"
   mkdir -p "$bundle"
   asr tokenizer --manifest "$(joined_manifest "$train_sets")" --kind "$tokenizer_kind" --vocab-size "$vocab_size" \
@@ -182,6 +184,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  read_tokenizer_settings
   say "stage 4: train $exp on $train_tag ($gpus process(es))"
   launcher=(python -m asr)
   [ "$gpus" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node "$gpus" -m asr)
@@ -204,8 +207,9 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     say "stage 6: a $lm_order-gram LM of $lm_text, without the dev and test transcripts"
     dev_and_test=()
     for set in $dev_sets $test_sets; do dev_and_test+=("$(manifest "$set")"); done
-    python "$recipe_dir/local/lm_text.py" --text "$lm_text" --exclude "${dev_and_test[@]}" --out data/lm/text.txt
-    python "$repo_dir/tools/build_lm.py" --text data/lm/text.txt --order "$lm_order" --out "$(lm_files)"
+    lm=$(lm_files)
+    python "$recipe_dir/local/lm_text.py" --text "$lm_text" --exclude "${dev_and_test[@]}" --out "${lm%.arpa}.txt"
+    python "$repo_dir/tools/build_lm.py" --text "${lm%.arpa}.txt" --order "$lm_order" --out "$lm"
   elif [ -n "$lms" ]; then
     say "stage 6: the official LibriSpeech LMs $lms from $mirror/11"
     names=()

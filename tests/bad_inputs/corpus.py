@@ -1,4 +1,5 @@
-"""The bad-input corpus: broken and unusual recordings, transcripts, manifests, corpus folders and model files.
+"""The bad-input corpus: broken and unusual recordings, transcripts, manifests, corpus folders, model files and
+archives.
 
 Every case is made here, in a few lines, into a folder the caller gives (a pytest tmp folder), rather than committed
 as a binary. Each case says what it is (`what`, the words of docs/reliability.md) and, for a recording, whether the
@@ -10,10 +11,12 @@ of them, so that a format read wrongly (a channel dropped, a wrong rate, garbage
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import struct
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,3 +331,40 @@ def write_malicious_pickle(path: Path, marker: Path) -> Path:
     """A plain pickle (not torch's zip container) that creates `marker` when unpickled."""
     path.write_bytes(pickle.dumps(_CreatesFile(marker)))
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Archives from strangers
+
+
+def _regular(name: str, data: bytes = b"escaped\n") -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, io.BytesIO(data)
+
+
+def _special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info, None
+
+
+# What each hostile member would do if extracted naively, and the member: given the archive's top folder, and an
+# absolute folder outside the destination (extracting into `outside/dest`, a '..' member lands in `outside` too).
+HOSTILE_MEMBERS = {
+    "absolute path": lambda top, outside: _regular(f"{outside}/escaped.txt"),
+    "'..' in the path": lambda top, outside: _regular(f"{top}/../../escaped.txt"),
+    "symbolic link pointing outside": lambda top, outside: _special(f"{top}/passwd", tarfile.SYMTYPE,
+                                                                    "../../../etc/passwd"),
+    "hard link pointing outside": lambda top, outside: _special(f"{top}/hosts", tarfile.LNKTYPE, "/etc/hosts"),
+    "device file": lambda top, outside: _special(f"{top}/null", tarfile.CHRTYPE),
+}
+
+
+def hostile_tar_gz(top: str, kind: str, outside: Path) -> bytes:
+    """A tar.gz whose folder `top` holds a harmless README, then the HOSTILE_MEMBERS member of `kind`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.addfile(*_regular(f"{top}/README.TXT", b"a corpus\n"))
+        tar.addfile(*HOSTILE_MEMBERS[kind](top, outside))
+    return buffer.getvalue()

@@ -1,6 +1,6 @@
 """The pytest fixture that serves the bad-input corpus, made once a session in a temporary folder.
 
-A test module uses it with `from bad_inputs.fixtures import bad_corpus` (the tests folder is on sys.path).
+A test module asks for it with `pytest_plugins = ["bad_inputs.fixtures"]` (the tests folder is on sys.path).
 """
 from dataclasses import dataclass
 from pathlib import Path
