@@ -1,0 +1,121 @@
+"""From utterances to padded batches: the map-style dataset the DataLoader reads, and the collate function.
+
+An utterance whose audio cannot be read does not stop training: the dataset returns `{"id", "error"}` for it, and
+`collate` lists it in `Batch.skipped` so that the trainer counts and names it. One corrupt file among a hundred
+thousand should cost one utterance, not a night of training.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from asr.audio import SAMPLE_RATE, load_audio
+from asr.data.manifest import Utterance
+from asr.errors import AsrError, ConfigError
+from asr.features import speed_perturb
+from asr.text import Tokenizer, normalize_text
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Utterances as `{"id", "audio" (S,) float32, "tokens" (L,) long, "text"}` dicts, or `{"id", "error"}`.
+
+    With several `speed_factors`, each utterance is resampled by one of them, drawn from (seed, epoch, index): the
+    same in every run and in every DataLoader worker, different from epoch to epoch. `set_epoch` must be called
+    before each epoch's DataLoader iterator is created (the workers copy the dataset then, so persistent workers
+    would keep the first epoch's draw).
+    """
+
+    def __init__(self, utterances: Sequence[Utterance], tokenizer: Tokenizer, speed_factors: Sequence[float] = (1.0,),
+                 seed: int = 0, sample_rate: int = SAMPLE_RATE):
+        if not speed_factors or min(speed_factors) <= 0:
+            raise ConfigError(f"speed factors must be positive numbers, got {list(speed_factors)}")
+        self.utterances = utterances
+        self.tokenizer = tokenizer
+        self.speed_factors = tuple(speed_factors)
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def speed_factor(self, index: int) -> float:
+        """The speed factor utterance `index` gets in the current epoch."""
+        if len(self.speed_factors) == 1:
+            return self.speed_factors[0]
+        draw = np.random.default_rng((self.seed, self.epoch, index)).integers(len(self.speed_factors))
+        return self.speed_factors[draw]
+
+    def __getitem__(self, index: int) -> dict:
+        utterance = self.utterances[index]
+        try:
+            tokens = self.tokenizer.encode(utterance.text)
+            audio = load_audio(utterance.audio, self.sample_rate)
+        except AsrError as error:
+            return {"id": utterance.id, "error": str(error)}
+        factor = self.speed_factor(index)
+        if factor != 1.0:
+            audio = speed_perturb(audio, factor, self.sample_rate)
+        return {"id": utterance.id, "audio": audio, "tokens": torch.tensor(tokens, dtype=torch.long),
+                "text": normalize_text(utterance.text)}
+
+
+@dataclass
+class Batch:
+    """Utterances padded on the right to a common length, and those that could not be loaded.
+
+    `tokens` are padded with 0, the CTC blank; `len(batch)` counts the utterances it holds, which may be none when
+    every one of them was skipped.
+    """
+
+    ids: list[str]
+    audio: torch.Tensor  # (B, S) float32
+    audio_lengths: torch.Tensor  # (B,) long, samples
+    tokens: torch.Tensor  # (B, L) long
+    token_lengths: torch.Tensor  # (B,) long
+    texts: list[str]  # normalized transcripts, the references for WER
+    skipped: list[tuple[str, str]]  # (utterance id, why it could not be loaded)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The same batch with its tensors on `device`."""
+        return dataclasses.replace(self, **{name: getattr(self, name).to(device, non_blocking=non_blocking)
+                                            for name in _TENSOR_FIELDS})
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory; the DataLoader calls this when `pin_memory=True`."""
+        return dataclasses.replace(self, **{name: getattr(self, name).pin_memory() for name in _TENSOR_FIELDS})
+
+
+_TENSOR_FIELDS = ("audio", "audio_lengths", "tokens", "token_lengths")
+
+
+def collate(items: list[dict]) -> Batch:
+    """Pad the dataset's items into a Batch; error items go to `Batch.skipped`."""
+    loaded = [item for item in items if "error" not in item]
+    return Batch(
+        ids=[item["id"] for item in loaded],
+        audio=_pad([item["audio"] for item in loaded], torch.float32),
+        audio_lengths=torch.tensor([len(item["audio"]) for item in loaded], dtype=torch.long),
+        tokens=_pad([item["tokens"] for item in loaded], torch.long),
+        token_lengths=torch.tensor([len(item["tokens"]) for item in loaded], dtype=torch.long),
+        texts=[item["text"] for item in loaded],
+        skipped=[(item["id"], item["error"]) for item in items if "error" in item],
+    )
+
+
+def _pad(sequences: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """(B, longest) with zeros after each sequence; (0, 0) for no sequences."""
+    if not sequences:
+        return torch.zeros((0, 0), dtype=dtype)
+    return pad_sequence(sequences, batch_first=True, padding_value=0).to(dtype)
