@@ -48,6 +48,7 @@ class OptimConfig:
     schedule: str = "cosine"  # "cosine" | "noam" | "constant"; all start with a linear warmup
     warmup_steps: int = 500
     min_lr_ratio: float = 0.02  # cosine decays to lr * min_lr_ratio
+    decay_by: str = "steps"  # "steps" | "time": decay over train.max_minutes, for runs on a time budget
     grad_clip: float = 5.0
     accum_steps: int = 1
 

@@ -176,8 +176,13 @@ def usable_utterances(utterances, tokenizer, config: ExperimentConfig, skips: Sk
 # Schedule
 
 
-def lr_factor(step: int, config: ExperimentConfig, total_steps: int) -> float:
-    """Multiplier of optim.lr at a step: linear warmup, then cosine decay, Noam's inverse square root, or constant."""
+def lr_factor(step: int, config: ExperimentConfig, decay_progress: float) -> float:
+    """Multiplier of optim.lr at a step: linear warmup, then cosine decay, Noam's inverse square root, or constant.
+
+    `decay_progress` is how far along the decay is, from 0 (end of warmup) to 1 (end of training): by steps, or with
+    `optim.decay_by: time` by the share of `train.max_minutes` spent, so that a run on a time budget still anneals
+    to its lowest rate whatever the speed of the machine.
+    """
     optim = config.optim
     warmup = max(1, optim.warmup_steps)
     if step < warmup:
@@ -187,7 +192,7 @@ def lr_factor(step: int, config: ExperimentConfig, total_steps: int) -> float:
     if optim.schedule == "noam":
         return math.sqrt(warmup / (step + 1))
     if optim.schedule == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        progress = min(1.0, max(0.0, decay_progress))
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     raise ConfigError(f"optim.schedule: {optim.schedule!r} is not cosine, noam or constant")
 
@@ -256,7 +261,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, config, self.total_steps))
+            self.optimizer, lambda step: lr_factor(step, config, self._decay_progress(step)))
         self.amp_dtype = autocast_dtype(config.train.precision, self.procs.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
@@ -277,6 +282,18 @@ class Trainer:
                      self.procs.world_size, self.skips.summary())
 
     # -- set-up helpers ------------------------------------------------------------------------------------------
+
+    def _decay_progress(self, step: int) -> float:
+        """How far the learning-rate decay is: by steps, or by time spent of train.max_minutes (optim.decay_by)."""
+        optim, budget = self.config.optim, self.config.train.max_minutes * 60
+        if optim.decay_by == "time":
+            if not budget:
+                raise ConfigError("optim.decay_by: 'time' needs a time budget (train.max_minutes)")
+            return getattr(self, "elapsed", 0.0) / budget
+        if optim.decay_by != "steps":
+            raise ConfigError(f"optim.decay_by: {optim.decay_by!r} is not 'steps' or 'time'")
+        warmup = max(1, optim.warmup_steps)
+        return (step - warmup) / max(1, self.total_steps - warmup)
 
     def _setup_logging(self) -> None:
         self.writer = None

@@ -11,6 +11,7 @@ import torch
 
 from asr.checkpoint import load_model, read_plain_data
 from asr.config import load_config
+from asr.errors import ConfigError
 from asr.data.manifest import Utterance, write_manifest
 from asr.train import Trainer, lr_factor, train
 
@@ -120,12 +121,24 @@ def test_unusable_utterances_are_skipped_and_listed(tmp_path, fsdd_dir):
 
 def test_warmup_then_cosine_decay():
     config = load_config(None, ["optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"])
-    assert lr_factor(0, config, 110) == pytest.approx(0.1)
-    assert lr_factor(9, config, 110) == pytest.approx(1.0)
-    assert lr_factor(60, config, 110) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert lr_factor(110, config, 110) == pytest.approx(0.1)
+    assert lr_factor(0, config, 0.0) == pytest.approx(0.1)
+    assert lr_factor(9, config, 0.0) == pytest.approx(1.0)
+    assert lr_factor(60, config, 0.5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(110, config, 1.0) == pytest.approx(0.1)
+    assert lr_factor(200, config, 1.7) == pytest.approx(0.1)  # past the budget: stays at the floor
     noam = load_config(None, ["optim.warmup_steps=100", "optim.schedule=noam"])
-    assert lr_factor(399, noam, 1000) == pytest.approx(0.5)
+    assert lr_factor(399, noam, 0.0) == pytest.approx(0.5)
+
+
+def test_decay_by_time_follows_the_budget(tmp_path, fsdd_dir):
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
+    config = small_config(manifest, **{"optim.decay_by": "time", "train.max_minutes": 10, "optim.warmup_steps": 1})
+    trainer = Trainer(config, tmp_path / "exp", progress=False)
+    trainer.elapsed = 300.0  # half the budget spent
+    assert trainer._decay_progress(50) == pytest.approx(0.5)
+    without_budget = small_config(manifest, **{"optim.decay_by": "time"})
+    with pytest.raises(ConfigError, match="max_minutes"):
+        Trainer(without_budget, tmp_path / "exp2", progress=False)
 
 
 @pytest.mark.slow

@@ -104,7 +104,15 @@ if [ -z "$train_sets" ]; then
   esac
 fi
 exp="exp/${exp_name:-$config_name}"
-all_sets=$(echo $train_sets $dev_sets $test_sets | tr ' ' '\n' | awk '!seen[$0]++' | tr '\n' ' ')
+read -ra train_list <<< "$train_sets"
+read -ra dev_list <<< "$dev_sets"
+read -ra test_list <<< "$test_sets"
+read -ra lm_weight_list <<< "$lm_weights"
+read -ra word_score_list <<< "$word_scores"
+all_sets=()  # every subset named, each once, in order
+for set in "${train_list[@]}" "${dev_list[@]}" "${test_list[@]}"; do
+  [[ " ${all_sets[*]} " == *" $set "* ]] || all_sets+=("$set")
+done
 
 mkdir -p "$work_dir"
 cd "$work_dir"
@@ -116,7 +124,8 @@ manifest() { echo "data/manifests/$1.jsonl"; }
 
 # The manifest of a list of subsets: a single subset's own, or data/manifests/<a>+<b>.jsonl joining them.
 joined_manifest() {
-  local sets=($1)
+  local -a sets
+  read -ra sets <<< "$1"
   local out
   out=$(manifest "$(IFS=+; echo "${sets[*]}")")
   if [ "${#sets[@]}" -gt 1 ]; then
@@ -151,22 +160,22 @@ lm_files() {
   fi
 }
 
-train_tag=$(IFS=+; set -- $train_sets; echo "$*")
+train_tag=$(IFS=+; echo "${train_list[*]}")
 bundle="data/$train_tag"  # what the training set's stages make: tokenizer and CMVN statistics
 
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   if [ -n "$data_root" ]; then
     say "stage 0: download skipped, the corpus is in $data_root"
   else
-    say "stage 0: download $all_sets from $mirror/12"
-    asr download librispeech --dest "$download_dir" --subsets $all_sets --base-url "$mirror/12" \
+    say "stage 0: download ${all_sets[*]} from $mirror/12"
+    asr download librispeech --dest "$download_dir" --subsets "${all_sets[@]}" --base-url "$mirror/12" \
       ${checksums:+--checksums "$checksums"}
   fi
 fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
-  say "stage 1: manifests of $all_sets"
-  asr prepare librispeech --root "${data_root:-$download_dir}" --subsets $all_sets --out data/manifests
+  say "stage 1: manifests of ${all_sets[*]}"
+  asr prepare librispeech --root "${data_root:-$download_dir}" --subsets "${all_sets[@]}" --out data/manifests
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
@@ -206,7 +215,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   if [ -n "$lm_text" ]; then
     say "stage 6: a $lm_order-gram LM of $lm_text, without the dev and test transcripts"
     dev_and_test=()
-    for set in $dev_sets $test_sets; do dev_and_test+=("$(manifest "$set")"); done
+    for set in "${dev_list[@]}" "${test_list[@]}"; do dev_and_test+=("$(manifest "$set")"); done
     lm=$(lm_files)
     python "$recipe_dir/local/lm_text.py" --text "$lm_text" --exclude "${dev_and_test[@]}" --out "${lm%.arpa}.txt"
     python "$repo_dir/tools/build_lm.py" --text "${lm%.arpa}.txt" --order "$lm_order" --out "$lm"
@@ -223,15 +232,15 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   model="$exp/avg.pt"
   [ -f "$model" ] || model="$exp/model.pt"
   dev_manifests=() test_manifests=()
-  for set in $dev_sets; do dev_manifests+=("$(manifest "$set")"); done
-  for set in $test_sets; do test_manifests+=("$(manifest "$set")"); done
+  for set in "${dev_list[@]}"; do dev_manifests+=("$(manifest "$set")"); done
+  for set in "${test_list[@]}"; do test_manifests+=("$(manifest "$set")"); done
   say "stage 7: greedy decoding of $dev_sets $test_sets with $model"
   asr evaluate --model "$model" --manifest "${dev_manifests[@]}" "${test_manifests[@]}" --out "$exp/decode_greedy"
   for lm in $(lm_files); do
     name=$(basename "$lm" .arpa)
     say "stage 7: $name: LM weight and word score tuned on $dev_sets"
     chosen=$(python "$recipe_dir/local/tune_lm.py" --model "$model" --lm "$lm" --dev "${dev_manifests[@]}" \
-      --lm-weights $lm_weights --word-scores $word_scores --max-utterances "$tune_utterances" \
+      --lm-weights "${lm_weight_list[@]}" --word-scores "${word_score_list[@]}" --max-utterances "$tune_utterances" \
       --out "$exp/decode_lm_$name")
     read -r lm_weight word_score <<< "$chosen"
     say "stage 7: $name, LM weight $lm_weight, word score $word_score: decoding $dev_sets $test_sets"
