@@ -144,14 +144,30 @@ def cmd_average(args) -> int:
 
 
 def _load_recognizer(args):
-    """The model of --model on --device (default: cuda when available), torch limited to --threads CPU threads."""
+    """The model of --model on --device (default: cuda when available), torch limited to --threads CPU threads,
+    quantized when --quantize asks."""
     import torch
 
     from asr.checkpoint import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    recognizer = load_model(args.model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.quantize == "int8":
+        from asr.export import quantize_int8
+
+        recognizer = quantize_int8(recognizer)
+    return recognizer
+
+
+def _let_idle_threads_sleep() -> None:
+    """Have torch's OpenMP threads sleep when idle instead of spinning, unless OMP_WAIT_POLICY says otherwise.
+
+    A spinning thread waits out its peers' time slices on a CPU shared with other processes: on 2 busy cores the
+    default model transcribed several times slower with spinning threads (docs/benchmarks.md). OpenMP reads the
+    variable once, when torch is first imported, so this must run before that.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _decoder(args, recognizer):
@@ -182,8 +198,11 @@ def cmd_transcribe(args) -> int:
     import time
 
     started = time.perf_counter()  # the real-time factor counts loading the model too
-    from asr.plot import plot_transcript
+    _let_idle_threads_sleep()
     from asr.transcribe import OUTPUT_FORMATS, expand_inputs, transcribe_files
+
+    if args.plot:
+        from asr.plot import plot_transcript  # matplotlib takes half a second to import: only when plotting
 
     formats = list(OUTPUT_FORMATS) if args.output_format == "all" else [args.output_format]
     paths = expand_inputs(args.inputs)
@@ -244,6 +263,16 @@ def cmd_score(args) -> int:
     result = score(read_kaldi_text(args.ref), read_kaldi_text(args.hyp), normalize=normalize_text)
     results = {args.ref: result}
     print(results_json(results) if args.json else format_text(results))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from asr.checkpoint import load_model
+    from asr.export import ONNX_INPUTS, ONNX_OUTPUTS, export_onnx
+
+    path = export_onnx(load_model(args.model), args.out, opset=args.opset)
+    print(f"{args.model} → {path}: ONNX opset {args.opset}, inputs {', '.join(ONNX_INPUTS)}, outputs "
+          f"{', '.join(ONNX_OUTPUTS)}")
     return 0
 
 
@@ -367,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help="print the results as one JSON object")
     score.set_defaults(func=cmd_score)
 
+    export = commands.add_parser("export", help="write a model as an ONNX graph: audio in, CTC log-probabilities out")
+    export.add_argument("--model", required=True, help="model file (model.pt)")
+    export.add_argument("--out", required=True, help="the ONNX file to write, e.g. model.onnx")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    export.set_defaults(func=cmd_export)
+
     report = commands.add_parser("report", help="an experiment's report.md (training, WER tables) and curves.png")
     report.add_argument("experiments", nargs="+", metavar="EXP_DIR", help="experiment folders, e.g. exp/train_100")
     report.set_defaults(func=cmd_report)
@@ -378,6 +413,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model file (model.pt)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="CPU only: compute the GRU and Linear layers with int8 weights, 2-4× faster")
     parser.add_argument("--batch-seconds", type=float, default=240.0,
                         help="at most this much padded audio a batch (default: 240)")
     decoding = parser.add_argument_group("decoding")

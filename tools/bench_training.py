@@ -67,6 +67,11 @@ SHARED = Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))
 RECIPES = {"default": REPO / "recipes" / "librispeech" / "conf" / "train_100.yaml",
            "digits": REPO / "recipes" / "digits" / "conf" / "train.yaml"}
 CELLS = (("model", "asr"), ("model", "espnet"), ("model", "plain"), ("pipeline", "asr"), ("pipeline", "naive"))
+# Idle OpenMP threads sleep in every cell, as `asr transcribe` has them (asr.cli), unless OMP_WAIT_POLICY is set.
+# With --spin, the "asr, spin" cell trains the toolkit's model with them spinning, libgomp's default: on a busy CPU
+# that can take minutes a step.
+SPIN_CELL = ("model", "asr, spin")
+CELL_ENVIRONMENT = {"asr, spin": {"OMP_WAIT_POLICY": "ACTIVE"}}
 CHARS_PER_SECOND = 14  # of read English: a transcript's length for a duration
 
 
@@ -245,8 +250,8 @@ class NaiveSystem(nn.Module):
         return ctc_loss(*self.model(batch.feats, batch.feat_lengths), batch.tokens, batch.token_lengths)
 
 
-SYSTEMS = {("model", "asr"): AsrSystem, ("model", "espnet"): EspnetSystem, ("model", "plain"): PlainSystem,
-           ("pipeline", "asr"): AsrSystem, ("pipeline", "naive"): NaiveSystem}
+SYSTEMS = {("model", "asr"): AsrSystem, ("model", "asr, spin"): AsrSystem, ("model", "espnet"): EspnetSystem,
+           ("model", "plain"): PlainSystem, ("pipeline", "asr"): AsrSystem, ("pipeline", "naive"): NaiveSystem}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -332,30 +337,34 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def run(args) -> dict:
-    """Every (model, mode, system) cell of the run; the report as JSON-ready data."""
+    """Every cell of the run, --rounds times; the report as JSON-ready data."""
     started = time.perf_counter()
+    print_header()
     espnet_installed = all(importlib.util.find_spec(name) for name in ("espnet2", "typeguard"))
     with tempfile.TemporaryDirectory(prefix="bench_training.") as folder:
         folder = Path(folder)
         durations, batches = plan_batches(args.warmup + args.steps, args.max_seconds, args.seed)
         manifest = write_corpus(folder, durations, args.seed)
         texts = (SHARED / "data" / "text" / "ljspeech-train-sentences.txt").read_text(encoding="utf-8").splitlines()
-        results = []
+        specs = []
         for model in args.models:
-            config = load_config(RECIPES[model])
             tokenizer_path = folder / f"{model}.tokenizer.json"
-            save_tokenizer(build_tokenizer(config, texts), tokenizer_path)
-            for mode, system in CELLS:
-                row = {"model": model, "mode": mode, "system": system}
-                if system == "espnet" and not espnet_installed:
-                    results.append({**row, "status": "not installed"})
-                    print_row(results[-1])
-                    continue
-                spec = {**row, "recipe": str(RECIPES[model]), "tokenizer": str(tokenizer_path),
-                        "manifest": str(manifest), "batches": batches, "warmup": args.warmup, "seed": args.seed,
-                        "device": args.device, "threads": args.threads, "workers": args.workers}
-                results.append({**row, **run_cell_process(spec)})
-                print_row(results[-1])
+            save_tokenizer(build_tokenizer(load_config(RECIPES[model]), texts), tokenizer_path)
+            for mode, system in CELLS + ((SPIN_CELL,) if args.spin else ()):
+                specs.append({"model": model, "mode": mode, "system": system, "recipe": str(RECIPES[model]),
+                              "tokenizer": str(tokenizer_path), "manifest": str(manifest), "batches": batches,
+                              "warmup": args.warmup, "seed": args.seed, "device": args.device,
+                              "threads": args.threads, "workers": args.workers})
+        runs = [[] for _ in specs]
+        for round_index in range(args.rounds):
+            order = range(len(specs)) if round_index % 2 == 0 else reversed(range(len(specs)))
+            for index in order:
+                if specs[index]["system"] == "espnet" and not espnet_installed:
+                    runs[index].append({"status": "not installed"})
+                else:
+                    runs[index].append(run_cell_process(specs[index]))
+                print_row({**cell_name(specs[index]), **runs[index][-1]})
+    results = [{**cell_name(spec), **combine_rounds(cell_runs)} for spec, cell_runs in zip(specs, runs)]
     add_ratios(results)
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -364,8 +373,9 @@ def run(args) -> dict:
         "device": args.device,
         "torch": torch.__version__,
         "threads": args.threads or torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp's default)"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "max_seconds": args.max_seconds, "warmup": args.warmup, "steps": args.steps, "workers": args.workers,
+        "rounds": args.rounds,
         "batch_utterances": [len(batch) for batch in batches],
         "batch_seconds": [round(sum(durations[i] for i in batch), 1) for batch in batches],
         "results": results,
@@ -373,12 +383,28 @@ def run(args) -> dict:
     }
 
 
+def cell_name(spec: dict) -> dict:
+    return {"model": spec["model"], "mode": spec["mode"], "system": spec["system"]}
+
+
 def run_cell_process(spec: dict) -> dict:
     """run_cell in a fresh Python process; its result, or the error it ended with."""
-    process = subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)], capture_output=True, text=True)
+    environment = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **CELL_ENVIRONMENT.get(spec["system"], {})}
+    process = subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)], capture_output=True, text=True,
+                             env=environment)
     if process.returncode != 0:
         return {"status": f"failed: {process.stderr.strip().splitlines()[-1] if process.stderr.strip() else '?'}"}
     return {"status": "ok", **json.loads(process.stdout.strip().splitlines()[-1])}
+
+
+def combine_rounds(runs: list[dict]) -> dict:
+    """One cell's figures over its rounds: the median throughput, the largest peak memory."""
+    measured = [run for run in runs if run["status"] == "ok"]
+    if not measured:
+        return {"status": runs[0]["status"]}
+    rates = [run["audio_seconds_per_second"] for run in measured]
+    return {**measured[0], "audio_seconds_per_second": round(statistics.median(rates), 2), "rounds": rates,
+            "peak_memory_gb": max(run["peak_memory_gb"] for run in measured)}
 
 
 def add_ratios(results: list[dict]) -> None:
@@ -423,6 +449,10 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=3, help="timed steps a cell")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pipeline cells")
+    parser.add_argument("--spin", action="store_true",
+                        help="also train the toolkit's model with idle OpenMP threads spinning (slow on a busy CPU)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every cell this many times, the order reversed every other round; medians")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a smoke run: the digits model, 25-second batches, "
                                                              "one warm-up and one timed step, one worker")
@@ -441,7 +471,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return 0
-    print_header()
     report = run(args)
     print()
     print_report(report)
