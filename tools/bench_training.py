@@ -2,7 +2,8 @@
 peak memory, of the model alone and of the whole pipeline, on the same batches and the same device.
 
     python tools/bench_training.py                          # the default LibriSpeech model and the digits model
-    python tools/bench_training.py --models default --steps 5 --json-out train.json
+    python tools/bench_training.py --models default --steps 5 --rounds 2 --json-out train.json
+    python tools/bench_training.py --variants spin bf16     # also the toolkit's model with spinning threads, in bf16
     python tools/bench_training.py --quick                  # a smoke run: the digits model, one step a cell
 
 The batches: utterances with LibriSpeech's duration distribution (gpu_bench.librispeech_durations), cut by the
@@ -22,10 +23,12 @@ The whole pipeline (from the manifest: decoding, features, batching, --workers D
   naive   random batches of as many utterances on average, padded to the longest, log-mel features computed on the
           CPU in the workers, the plain model, fp32
 
-Each (model, system, mode) runs in a process of its own, one after the other, so that its peak memory is its own;
-the throughput is the audio of the timed steps over the wall time from the end of the warm-up steps to the end of
-the last one, waits for data included. ESPnet appears in the model-only rows only: its figure there bounds its
-whole pipeline from above, so "asr pipeline ÷ espnet model" understates the toolkit's lead.
+Each (model, mode, system) cell runs in a process of its own, so that its peak memory is its own (on a CPU the
+process's peak resident memory, torch included; on a GPU torch's peak allocation). Its throughput is the audio of
+the timed steps over the wall time from the end of the warm-up steps to the end of the last one, waits for data
+included. With --rounds N every cell runs N times, the order reversed every other round, and the median is kept.
+ESPnet appears in the model-only rows only: that figure bounds its whole pipeline from above, so "asr pipeline ÷
+espnet model" understates the toolkit's lead.
 """
 from __future__ import annotations
 
@@ -67,12 +70,22 @@ SHARED = Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))
 RECIPES = {"default": REPO / "recipes" / "librispeech" / "conf" / "train_100.yaml",
            "digits": REPO / "recipes" / "digits" / "conf" / "train.yaml"}
 CELLS = (("model", "asr"), ("model", "espnet"), ("model", "plain"), ("pipeline", "asr"), ("pipeline", "naive"))
-# Idle OpenMP threads sleep in every cell, as `asr transcribe` has them (asr.cli), unless OMP_WAIT_POLICY is set.
-# With --spin, the "asr, spin" cell trains the toolkit's model with them spinning, libgomp's default: on a busy CPU
-# that can take minutes a step.
-SPIN_CELL = ("model", "asr, spin")
+# Extra cells of the toolkit's model, asked for with --variants:
+#   spin  idle OpenMP threads spin, libgomp's default (every other cell has them sleep, as `asr transcribe` does,
+#         unless OMP_WAIT_POLICY is set); on a busy CPU a step can take minutes
+#   bf16  autocast to bfloat16 on a CPU too (asr.train autocasts on GPUs only)
+VARIANTS = {"spin": ("model", "asr, spin"), "bf16": ("model", "asr, bf16")}
 CELL_ENVIRONMENT = {"asr, spin": {"OMP_WAIT_POLICY": "ACTIVE"}}
 CHARS_PER_SECOND = 14  # of read English: a transcript's length for a duration
+
+
+def ljspeech_sentences() -> list[str]:
+    return (SHARED / "data" / "text" / "ljspeech-train-sentences.txt").read_text(encoding="utf-8").splitlines()
+
+
+def identity_cmvn(config: ExperimentConfig) -> dict:
+    """CMVN statistics that leave the features as they are: speed does not depend on their values."""
+    return {"mean": [0.0] * config.features.n_mels, "std": [1.0] * config.features.n_mels}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,9 +100,9 @@ def write_corpus(folder: Path, durations: list[float], seed: int = 0) -> Path:
     """
     rng = random.Random(seed)
     speech = torch.cat([load_audio(path) for path in sorted((SHARED / "data" / "sentences").glob("*/wav/*.wav"))])
-    sentences = (SHARED / "data" / "text" / "ljspeech-train-sentences.txt").read_text(encoding="utf-8").split("\n")
     # Letters, apostrophes and spaces only, which every tokenizer spells.
-    text = "".join(c for c in " ".join(map(normalize_text, sentences[:2000])) if c.isascii() and (c.isalpha() or c in " '"))
+    normalized = " ".join(map(normalize_text, ljspeech_sentences()[:2000]))
+    text = "".join(c for c in normalized if c.isascii() and (c.isalpha() or c in " '"))
     (folder / "wav").mkdir(parents=True, exist_ok=True)
     utterances = []
     for index, duration in enumerate(durations):
@@ -129,8 +142,8 @@ class AsrSystem(nn.Module):
 
     def __init__(self, config: ExperimentConfig, tokenizer):
         super().__init__()
-        cmvn = {"mean": [0.0] * config.features.n_mels, "std": [1.0] * config.features.n_mels}
-        self.recognizer = Recognizer(config.model, config.features, tokenizer, config.specaugment, cmvn)
+        self.recognizer = Recognizer(config.model, config.features, tokenizer, config.specaugment,
+                                     identity_cmvn(config))
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return ctc_loss(*self.recognizer(batch.audio, batch.audio_lengths), batch.tokens, batch.token_lengths)
@@ -145,8 +158,7 @@ class EspnetSystem(nn.Module):
         from espnet2.asr.encoder.rnn_encoder import RNNEncoder
 
         model = config.model
-        cmvn = {"mean": [0.0] * config.features.n_mels, "std": [1.0] * config.features.n_mels}
-        self.frontend = Frontend(config.features, config.specaugment, cmvn)
+        self.frontend = Frontend(config.features, config.specaugment, identity_cmvn(config))
         self.encoder = RNNEncoder(config.features.n_mels, rnn_type="gru", bidirectional=True,
                                   num_layers=model.num_layers, hidden_size=model.hidden_size,
                                   output_size=model.hidden_size, dropout=model.dropout)
@@ -189,8 +201,7 @@ class PlainSystem(nn.Module):
 
     def __init__(self, config: ExperimentConfig, tokenizer):
         super().__init__()
-        cmvn = {"mean": [0.0] * config.features.n_mels, "std": [1.0] * config.features.n_mels}
-        self.frontend = Frontend(config.features, config.specaugment, cmvn)
+        self.frontend = Frontend(config.features, config.specaugment, identity_cmvn(config))
         self.model = PlainModel(config.model)
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -250,8 +261,9 @@ class NaiveSystem(nn.Module):
         return ctc_loss(*self.model(batch.feats, batch.feat_lengths), batch.tokens, batch.token_lengths)
 
 
-SYSTEMS = {("model", "asr"): AsrSystem, ("model", "asr, spin"): AsrSystem, ("model", "espnet"): EspnetSystem,
-           ("model", "plain"): PlainSystem, ("pipeline", "asr"): AsrSystem, ("pipeline", "naive"): NaiveSystem}
+SYSTEMS = {("model", "asr"): AsrSystem, ("model", "asr, spin"): AsrSystem, ("model", "asr, bf16"): AsrSystem,
+           ("model", "espnet"): EspnetSystem, ("model", "plain"): PlainSystem, ("pipeline", "asr"): AsrSystem,
+           ("pipeline", "naive"): NaiveSystem}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -298,7 +310,12 @@ def run_cell(spec: dict) -> dict:
     optim = config.optim
     optimizer = torch.optim.AdamW(parameters, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     # The naive pipeline stays in fp32; the others use the recipe's precision (fp32 on a CPU, bf16 on most GPUs).
-    amp_dtype = None if spec["system"] == "naive" else autocast_dtype(config.train.precision, device)
+    if spec["system"] == "naive":
+        amp_dtype = None
+    elif spec["system"] == "asr, bf16":
+        amp_dtype = torch.bfloat16
+    else:
+        amp_dtype = autocast_dtype(config.train.precision, device)
     source = batch_source(spec, config, tokenizer, device)
     memory_before = peak_memory_gb(device)
     step_ends, step_audio = [], []
@@ -345,12 +362,12 @@ def run(args) -> dict:
         folder = Path(folder)
         durations, batches = plan_batches(args.warmup + args.steps, args.max_seconds, args.seed)
         manifest = write_corpus(folder, durations, args.seed)
-        texts = (SHARED / "data" / "text" / "ljspeech-train-sentences.txt").read_text(encoding="utf-8").splitlines()
+        texts = ljspeech_sentences()
         specs = []
         for model in args.models:
             tokenizer_path = folder / f"{model}.tokenizer.json"
             save_tokenizer(build_tokenizer(load_config(RECIPES[model]), texts), tokenizer_path)
-            for mode, system in CELLS + ((SPIN_CELL,) if args.spin else ()):
+            for mode, system in CELLS + tuple(VARIANTS[name] for name in args.variants):
                 specs.append({"model": model, "mode": mode, "system": system, "recipe": str(RECIPES[model]),
                               "tokenizer": str(tokenizer_path), "manifest": str(manifest), "batches": batches,
                               "warmup": args.warmup, "seed": args.seed, "device": args.device,
@@ -449,8 +466,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=3, help="timed steps a cell")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pipeline cells")
-    parser.add_argument("--spin", action="store_true",
-                        help="also train the toolkit's model with idle OpenMP threads spinning (slow on a busy CPU)")
+    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=[],
+                        help="extra cells of the toolkit's model: spin (idle OpenMP threads spinning; slow on a busy "
+                             "CPU), bf16 (autocast to bfloat16 on a CPU)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every cell this many times, the order reversed every other round; medians")
     parser.add_argument("--seed", type=int, default=0)

@@ -334,8 +334,10 @@ def run(args) -> dict:
             report["in_process"].append(row)
         if not onnx:
             report["in_process"].append({"case": "ONNX Runtime", "status": "not installed"})
-        report["model_loading_seconds"] = model_loading(model_path, args.repeats)
-    if args.digits_model and Path(args.digits_model).is_file():
+        report["model_loading_seconds"] = model_loading(model_path, max(3, args.repeats))
+    if args.quick:
+        report["digits_wer"] = {"status": "not measured at the quick size"}
+    elif Path(args.digits_model).is_file():
         report["digits_wer"] = digits_wer(Path(args.digits_model))
     else:
         report["digits_wer"] = {"status": f"no trained digits model at {args.digits_model}"}
@@ -385,7 +387,7 @@ def print_report(report: dict) -> None:
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of every case; medians are reported")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every case; medians are reported")
     parser.add_argument("--spin", action="store_true",
                         help="also run asr transcribe with idle OpenMP threads spinning (slow on a busy CPU)")
     parser.add_argument("--digits-model", default=str(DIGITS_MODEL),

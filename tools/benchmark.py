@@ -53,15 +53,30 @@ def features_section(quick: bool) -> dict:
     return bench_features.run(files, repeats)
 
 
-def run_section(name: str, quick: bool) -> dict:
+def section_arguments(name: str, args) -> list[str]:
+    """The command-line arguments of a section's tool for this run's options."""
+    if args.quick:
+        return ["--quick"]
+    arguments = []
+    if name == "training":
+        arguments += ["--rounds", str(args.repeats)]
+        arguments += ["--variants", *args.variants] if args.variants else []
+    if name == "transcription":
+        arguments += ["--repeats", str(args.repeats)]
+        arguments += ["--spin"] if "spin" in args.variants else []
+        arguments += ["--digits-model", args.digits_model] if args.digits_model else []
+    return arguments
+
+
+def run_section(name: str, args) -> dict:
     """One section's report, printed as its tool prints it."""
     print(f"== {name} ==", flush=True)
     if name == "features":
-        report = features_section(quick)
+        report = features_section(args.quick)
         bench_features.print_table(report)
     else:
         tool = {"training": bench_training, "transcription": bench_transcription}[name]
-        report = tool.run(tool.parse_args(["--quick"] if quick else []))
+        report = tool.run(tool.parse_args(section_arguments(name, args)))
         print()
         tool.print_report(report)
     print(flush=True)
@@ -72,6 +87,13 @@ def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="each section at its tool's --quick size")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every training cell and transcription case; medians are reported")
+    parser.add_argument("--variants", nargs="*", choices=["spin", "bf16"], default=[],
+                        help="also measure idle OpenMP threads spinning (training and transcription; slow on a busy "
+                             "CPU) and bf16 autocast on a CPU (training)")
+    parser.add_argument("--digits-model", help="a trained digits model for the int8 WER (default: the digits "
+                                               "recipe's exp/digits/model.pt, when it exists)")
     parser.add_argument("--json-out", type=Path, default=Path("benchmark.json"), help="the JSON report")
     return parser.parse_args(argv)
 
@@ -91,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "sections": {},
     }
     for name in args.sections:
-        report["sections"][name] = run_section(name, args.quick)
+        report["sections"][name] = run_section(name, args)
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     args.json_out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{report['wall_seconds'] / 60:.1f} min; report written to {args.json_out}")
