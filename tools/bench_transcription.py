@@ -134,10 +134,14 @@ def whole_process_cases(model: Path, lm: Path, files: list[Path], threads: int, 
 
 
 def run_process(command: list[str], extra_env: dict) -> tuple[float, float, list[str]]:
-    """Wall seconds, CPU seconds (user + system, its children included) and the lines of a command's output."""
+    """Wall seconds, CPU seconds (user + system, its children included) and the lines of a command's output.
+
+    The command chooses its own OpenMP wait policy (`asr transcribe` sets one), unless `extra_env` sets it.
+    """
+    environment = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    process = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **extra_env})
+    process = subprocess.run(command, capture_output=True, text=True, env={**environment, **extra_env})
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
@@ -229,9 +233,11 @@ def largest_log_prob_change(variant, reference: Recognizer, files: list[Path]) -
     waves = [load_audio(f) for f in files[:4]]
     lengths = torch.tensor([len(w) for w in waves])
     batch = nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    recognizer, threads, _ = variant
     with torch.inference_mode():
         expected, out_lengths = reference(batch, lengths)
-        got, _ = variant[0](batch, lengths)
+        torch.set_num_threads(threads)
+        got, _ = recognizer(batch, lengths)
     valid = torch.arange(expected.size(1))[None, :] < out_lengths[:, None]
     return float((got - expected).abs()[valid].max())
 
