@@ -164,7 +164,7 @@ def _let_idle_threads_sleep() -> None:
     """Have torch's OpenMP threads sleep when idle instead of spinning, unless OMP_WAIT_POLICY says otherwise.
 
     A spinning thread waits out its peers' time slices on a CPU shared with other processes: on 2 busy cores the
-    default model transcribed several times slower with spinning threads (docs/benchmarks.md). OpenMP reads the
+    default model transcribed ten times slower with spinning threads (docs/benchmarks.md). OpenMP reads the
     variable once, when torch is first imported, so this must run before that.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

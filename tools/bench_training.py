@@ -356,6 +356,7 @@ def peak_memory_gb(device: torch.device) -> float:
 def run(args) -> dict:
     """Every cell of the run, --rounds times; the report as JSON-ready data."""
     started = time.perf_counter()
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print_header()
     espnet_installed = all(importlib.util.find_spec(name) for name in ("espnet2", "typeguard"))
     with tempfile.TemporaryDirectory(prefix="bench_training.") as folder:
@@ -385,7 +386,7 @@ def run(args) -> dict:
     add_ratios(results)
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": date,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "device": args.device,
         "torch": torch.__version__,

@@ -150,6 +150,17 @@ def run_process(command: list[str], extra_env: dict) -> tuple[float, float, list
     return wall, cpu, process.stdout.splitlines()
 
 
+def start_up(model: Path, files: list[Path], repeats: int) -> dict:
+    """Median wall seconds of starting Python and importing torch, and of `asr transcribe` on the shortest file:
+    what every whole-process run pays before its audio."""
+    shortest = min(files, key=lambda f: audio_info(f).duration)
+    commands = {"python -c 'import torch'": ([sys.executable, "-c", "import torch"], {}),
+                f"asr transcribe {shortest.name} ({audio_info(shortest).duration:.1f} s)":
+                    ([sys.executable, "-m", "asr", "transcribe", "--model", str(model), str(shortest)], {})}
+    rounds = take_turns(commands, repeats, lambda command: run_process(*command))
+    return {name: round(statistics.median(r[0] for r in results), 2) for name, results in rounds.items()}
+
+
 def take_turns(cases: dict, repeats: int, run_case) -> dict[str, list]:
     """Every case once a round, the order reversed every other round; name → the results of its rounds."""
     results = {name: [] for name in cases}
@@ -341,6 +352,7 @@ def run(args) -> dict:
         if not onnx:
             report["in_process"].append({"case": "ONNX Runtime", "status": "not installed"})
         report["model_loading_seconds"] = model_loading(model_path, max(3, args.repeats))
+        report["start_up_seconds"] = start_up(model_path, files, max(3, args.repeats))
     if args.quick:
         report["digits_wer"] = {"status": "not measured at the quick size"}
     elif Path(args.digits_model).is_file():
@@ -382,6 +394,7 @@ def print_report(report: dict) -> None:
     loading = report["model_loading_seconds"]
     print(f"model loading: load_model {loading['load_model']:.2f} s; initialize, then load "
           f"{loading['initialize, then load']:.2f} s")
+    print("start-up: " + "; ".join(f"{name} {seconds:.2f} s" for name, seconds in report["start_up_seconds"].items()))
     wer = report["digits_wer"]
     if "status" in wer:
         print(f"digits WER: {wer['status']}")

@@ -4,7 +4,7 @@ each beside its peers, measured side by side in the same run; tables on stdout a
     python tools/benchmark.py                                      # all sections (`make bench`)
     python tools/benchmark.py --sections transcription features    # some of them
     python tools/benchmark.py --quick                              # tiny sizes: a smoke run
-    python tools/benchmark.py --json-out bench.json                # the report's path (default benchmark.json)
+    python tools/benchmark.py --json-out bench.json                # the report's path (default exp/benchmark.json)
 
 Sections, each a tool of its own with more options (see its --help):
   training       tools/bench_training.py       audio seconds trained per second and peak memory: the toolkit,
@@ -94,7 +94,8 @@ def parse_args(argv: list[str] | None = None):
                              "CPU) and bf16 autocast on a CPU (training)")
     parser.add_argument("--digits-model", help="a trained digits model for the int8 WER (default: the digits "
                                                "recipe's exp/digits/model.pt, when it exists)")
-    parser.add_argument("--json-out", type=Path, default=Path("benchmark.json"), help="the JSON report")
+    parser.add_argument("--json-out", type=Path, default=Path("exp") / "benchmark.json",
+                        help="the JSON report (default: exp/benchmark.json, beside experiments and out of git)")
     return parser.parse_args(argv)
 
 
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sections:
         report["sections"][name] = run_section(name, args)
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{report['wall_seconds'] / 60:.1f} min; report written to {args.json_out}")
     return 0
