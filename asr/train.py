@@ -29,7 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from asr.checkpoint import load_checkpoint, remove_unfinished_writes, save_checkpoint, save_model
+from asr.checkpoint import (load_checkpoint, read_plain_data, remove_unfinished_writes, save_checkpoint, save_model,
+                            write_atomically)
 from asr.config import ExperimentConfig, save_config
 from asr.data.dataset import SpeechDataset, collate
 from asr.data.manifest import read_manifest
@@ -550,15 +551,10 @@ class Trainer:
             with open(self.out / "skipped.tsv", "w", encoding="utf-8") as f:
                 f.writelines(f"{utt_id}\t{reason}\n" for utt_id, reason in self.skips.entries.items())
             (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
-            if self.best:
-                best_step = self.best[0][1]
-                payload = (self.out / "checkpoints" / f"best-{best_step}.pt").read_bytes()
-                model_path = self.out / "model.pt"
-                tmp = model_path.with_suffix(".pt.tmp")
-                tmp.write_bytes(payload)
-                os.replace(tmp, model_path)
+            model_path = self.out / "model.pt"
+            if self.best:  # the best model file by dev WER, copied with the same atomic write as every checkpoint
+                write_atomically(read_plain_data(self.out / "checkpoints" / f"best-{self.best[0][1]}.pt"), model_path)
             else:
-                model_path = self.out / "model.pt"
                 save_model(self.model, model_path, self._metadata())
             log.info("done: %d steps, %.1f min of training; %d bad batches skipped; utterances skipped: %s; model: %s",
                      self.step, self.elapsed / 60, self.bad_batches, self.skips.summary(), model_path)
