@@ -163,9 +163,10 @@ def _load_recognizer(args):
 def _let_idle_threads_sleep() -> None:
     """Have torch's OpenMP threads sleep when idle instead of spinning, unless OMP_WAIT_POLICY says otherwise.
 
-    A spinning thread waits out its peers' time slices on a CPU shared with other processes: on 2 busy cores the
-    default model transcribed ten times slower with spinning threads (docs/benchmarks.md). OpenMP reads the
-    variable once, when torch is first imported, so this must run before that.
+    A spinning thread waits out its peers' time slices on a CPU shared with other processes (or with the data
+    loader's workers): on 2 busy cores the default model transcribed ten times slower, and trained 14 times slower,
+    with spinning threads (docs/benchmarks.md). OpenMP reads the variable once, when torch is first imported, so
+    this runs before any command imports it.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -198,7 +199,6 @@ def cmd_transcribe(args) -> int:
     import time
 
     started = time.perf_counter()  # the real-time factor counts loading the model too
-    _let_idle_threads_sleep()
     from asr.transcribe import OUTPUT_FORMATS, expand_inputs, transcribe_files
 
     if args.plot:
@@ -432,6 +432,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _let_idle_threads_sleep()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)

@@ -5,19 +5,20 @@ The `Frontend` module chains the parts, each usable alone:
   GlobalCMVN       subtract the training set's mean, divide by its standard deviation (from `estimate_cmvn`)
   utterance_cmvn   or the same with each utterance's own statistics
   SpecAugment      zero random bands of mel channels and of frames (Park et al., 2019), in training only
-`speed_perturb` changes the speed of a waveform before all that (Ko et al., 2015).
+`speed_perturb` changes the speed of a waveform before all that (Ko et al., 2015); vocal tract length perturbation
+(`vtlp_warp`, Jaitly and Hinton, 2013) stretches each training utterance's frequency axis inside LogMel.
 
 Each step takes a `lengths` tensor beside the padded batch, on any device; frames past an utterance's length stay
 exactly 0 throughout.
 """
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torchaudio
 from torch import nn
 from tqdm import tqdm
 
@@ -103,6 +104,14 @@ class SpecAugmentConfig:
     freq_width: int = 27  # widest frequency mask, in mel channels (LibriSpeech policy of Park et al., 2019)
     time_masks: int = 2
     time_width_ratio: float = 0.05  # widest time mask, as a fraction of the utterance's frames
+    # Vocal tract length perturbation, also a training-only feature augmentation: each utterance's frequency axis is
+    # scaled by a factor drawn uniformly from [1 - vtlp_max_warp, 1 + vtlp_max_warp] (0 = off). It moves formants
+    # as a shorter or longer vocal tract would, which helps most when few speakers are heard in training.
+    vtlp_max_warp: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.vtlp_max_warp < 1:
+            raise ConfigError(f"specaugment.vtlp_max_warp must be in [0, 1), got {self.vtlp_max_warp}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +129,57 @@ def _config_from_dict(config_class, settings: dict, section: str):
     return config_class(**settings)
 
 
+def mel_filterbank(cfg: FeatureConfig, warp_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """Slaney-style mel filterbank with area normalization (librosa's and torchaudio's `norm="slaney"`).
+
+    (n_fft // 2 + 1, n_mels) weights from power-spectrum bins to mel bands; with `warp_factors` (B,), a (B, n_freqs,
+    n_mels) stack in which utterance i's bins sit at `vtlp_warp(frequency, warp_factors[i])`.
+    """
+    nyquist = cfg.sample_rate / 2
+    bin_freqs = torch.linspace(0, nyquist, cfg.n_fft // 2 + 1, dtype=torch.float64)
+    if warp_factors is not None:
+        bin_freqs = vtlp_warp(bin_freqs[None, :], warp_factors.double().cpu()[:, None], nyquist)
+    # n_mels + 2 edges equally spaced in mels: band m rises from edge m to edge m + 1 and falls to edge m + 2.
+    edges = _mel_to_hz(torch.linspace(_hz_to_mel(cfg.f_min), _hz_to_mel(cfg.f_max), cfg.n_mels + 2,
+                                      dtype=torch.float64))
+    widths = edges.diff()
+    offsets = edges - bin_freqs[..., None]  # (..., n_freqs, n_mels + 2)
+    rising = -offsets[..., :-2] / widths[:-1]
+    falling = offsets[..., 2:] / widths[1:]
+    triangles = torch.minimum(rising, falling).clamp(min=0)
+    area_normalized = triangles * (2 / (edges[2:] - edges[:-2]))
+    return area_normalized.float().to(warp_factors.device if warp_factors is not None else "cpu")
+
+
+def vtlp_warp(freqs: torch.Tensor, factor: torch.Tensor | float, nyquist: float) -> torch.Tensor:
+    """Frequencies as a vocal tract `1 / factor` times as long would place them (Jaitly and Hinton, 2013).
+
+    Scaled by `factor` up to a boundary, then linear to the Nyquist frequency, which stays fixed, so no energy is
+    pushed out of the spectrum or left missing at its top. The boundary is where Jaitly and Hinton put it for
+    16 kHz speech (4.8 kHz, so 0.6 of Nyquist), pulled down so that scaling never crosses it.
+    """
+    factor = torch.as_tensor(factor, dtype=freqs.dtype)
+    high = 0.6 * nyquist * torch.clamp(factor, max=1.0)
+    boundary = high / factor
+    above = nyquist - (nyquist - high) / (nyquist - boundary) * (nyquist - freqs)
+    return torch.where(freqs <= boundary, freqs * factor, above)
+
+
+# The Slaney mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
+_MEL_BREAK_HZ, _HZ_PER_MEL, _LOG_STEP = 1000.0, 200.0 / 3, math.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: float) -> float:
+    if hz < _MEL_BREAK_HZ:
+        return hz / _HZ_PER_MEL
+    return _MEL_BREAK_HZ / _HZ_PER_MEL + math.log(hz / _MEL_BREAK_HZ) / _LOG_STEP
+
+
+def _mel_to_hz(mels: torch.Tensor) -> torch.Tensor:
+    break_mel = _MEL_BREAK_HZ / _HZ_PER_MEL
+    return torch.where(mels < break_mel, mels * _HZ_PER_MEL, _MEL_BREAK_HZ * torch.exp(_LOG_STEP * (mels - break_mel)))
+
+
 class LogMel(nn.Module):
     """Log mel-filterbank energies of a padded batch of waveforms.
 
@@ -133,23 +193,20 @@ class LogMel(nn.Module):
         # Not persistent: they follow the module to its device but stay out of the state_dict, since the config
         # rebuilds them.
         self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
-        mel_filters = torchaudio.functional.melscale_fbanks(
-            n_freqs=cfg.n_fft // 2 + 1,
-            f_min=cfg.f_min,
-            f_max=cfg.f_max,
-            n_mels=cfg.n_mels,
-            sample_rate=cfg.sample_rate,
-            norm="slaney",
-            mel_scale="slaney",
-        )
+        mel_filters = mel_filterbank(cfg)
         self.register_buffer("mel_filters", mel_filters, persistent=False)  # (n_fft // 2 + 1, n_mels)
 
     def num_frames(self, num_samples):
         """Frames in `num_samples` samples (an int or a tensor of lengths)."""
         return self.cfg.num_frames(num_samples)
 
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """audio (B, S) and its lengths (B,) -> features (B, T, n_mels), zero past each length, and lengths (B,)."""
+    def forward(
+        self, audio: torch.Tensor, audio_lengths: torch.Tensor, warp_factors: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, S) and its lengths (B,) -> features (B, T, n_mels), zero past each length, and lengths (B,).
+
+        With `warp_factors` (B,), each utterance's frequency axis is warped by its factor (see `vtlp_warp`).
+        """
         # Zero padding, not reflection, at the edges: an utterance then gets the same frames alone as in a batch,
         # where the samples after it are zeros too.
         # float32 even under autocast: half precision cannot hold energies down at the log floor.
@@ -165,7 +222,8 @@ class LogMel(nn.Module):
                 return_complex=True,
             )
             power = spectrum.abs().square().transpose(1, 2)  # (B, T, n_fft // 2 + 1)
-            feats = (power @ self.mel_filters).clamp(min=self.cfg.log_floor).log()
+            filters = self.mel_filters if warp_factors is None else mel_filterbank(self.cfg, warp_factors)
+            feats = (power @ filters).clamp(min=self.cfg.log_floor).log()
         feat_lengths = self.num_frames(audio_lengths)
         return _zero_padding(feats, feat_lengths), feat_lengths
 
@@ -284,6 +342,12 @@ class SpecAugment(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    def draw_warp_factors(self, batch: int, device) -> torch.Tensor | None:
+        """Each utterance's VTLP factor, uniform in [1 - vtlp_max_warp, 1 + vtlp_max_warp]; None when VTLP is off."""
+        if not self.training or not self.cfg.enabled or self.cfg.vtlp_max_warp == 0:
+            return None
+        return 1 + self.cfg.vtlp_max_warp * (2 * torch.rand(batch, device=device) - 1)
+
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.cfg.enabled:
             return feats
@@ -366,7 +430,7 @@ class Frontend(nn.Module):
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, S) and its lengths (B,) -> features (B, T, n_mels) and their lengths (B,)."""
-        feats, feat_lengths = self.logmel(audio, audio_lengths)
+        feats, feat_lengths = self.logmel(audio, audio_lengths, self.specaug.draw_warp_factors(len(audio), audio.device))
         if self.cfg.normalization == "global":
             feats = self.cmvn(feats, feat_lengths)
         elif self.cfg.normalization == "utterance":

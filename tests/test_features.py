@@ -21,9 +21,11 @@ from asr.features import (
     SpecAugmentConfig,
     estimate_cmvn,
     load_cmvn,
+    mel_filterbank,
     save_cmvn,
     speed_perturb,
     utterance_cmvn,
+    vtlp_warp,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,6 +302,64 @@ def test_speed_perturbation_scales_duration_by_one_over_factor_and_pitch_by_fact
     assert len(perturbed) == round(len(tone) / factor)
     resolution = SAMPLE_RATE / len(perturbed)  # FFT bin width
     assert abs(peak_frequency(perturbed) - 500.0 * factor) <= resolution
+
+
+# --- vocal tract length perturbation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", [FeatureConfig(), FeatureConfig(n_mels=40, f_max=3800.0)])
+def test_mel_filterbank_matches_librosa(cfg):
+    expected = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min,
+                                   fmax=cfg.f_max).T
+    np.testing.assert_allclose(mel_filterbank(cfg).numpy(), expected, rtol=0, atol=1e-6 * expected.max())
+
+
+@pytest.mark.parametrize("factor", [0.85, 0.9, 1.1, 1.15])
+def test_vtlp_warp_scales_low_frequencies_and_keeps_the_ends_fixed(factor):
+    nyquist = 8000.0
+    freqs = torch.linspace(0, nyquist, 1001, dtype=torch.float64)
+    warped = vtlp_warp(freqs, factor, nyquist)
+    low = freqs <= 0.6 * nyquist * min(factor, 1) / factor
+    torch.testing.assert_close(warped[low], freqs[low] * factor)
+    assert warped[0] == 0 and warped[-1] == nyquist
+    steps = warped.diff()
+    assert (steps > 0).all()  # monotone, so no two frequencies land in one place
+    assert steps.max() < 2 * (nyquist / 1000)  # continuous: no jump at the boundary, slopes stay near 1
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.2])
+def test_vtlp_moves_a_tone_to_the_band_of_its_scaled_frequency(factor):
+    cfg = FeatureConfig(normalization="none")
+    logmel = LogMel(cfg)
+    tone = sine(1000.0, 1.0)
+    lengths = torch.tensor([len(tone)])
+    warped, _ = logmel(tone[None], lengths, warp_factors=torch.tensor([factor]))
+    scaled_tone, _ = logmel(sine(1000.0 * factor, 1.0)[None], lengths)
+    assert warped[0].mean(0).argmax() == scaled_tone[0].mean(0).argmax()
+    assert warped[0].mean(0).argmax() != logmel(tone[None], lengths)[0][0].mean(0).argmax()
+
+
+def test_frontend_draws_vtlp_factors_only_in_training_and_within_bounds(sentence_waves):
+    specaug = SpecAugmentConfig(vtlp_max_warp=0.1, freq_masks=0, time_masks=0)
+    frontend = Frontend(FeatureConfig(normalization="none"), specaug=specaug)
+    audio, lengths = pad(sentence_waves[:3])
+    clean, _ = frontend.eval()(audio, lengths)
+    assert frontend.specaug.draw_warp_factors(3, "cpu") is None
+    torch.manual_seed(0)
+    factors = frontend.train().specaug.draw_warp_factors(1000, "cpu")
+    assert factors.min() >= 0.9 and factors.max() <= 1.1 and factors.std() > 0.05
+    torch.manual_seed(0)
+    warped, _ = frontend(audio, lengths)
+    torch.manual_seed(0)
+    expected, _ = frontend.logmel(audio, lengths, frontend.specaug.draw_warp_factors(3, "cpu"))
+    torch.testing.assert_close(warped, expected)
+    assert not torch.allclose(warped, clean)
+    assert SpecAugment(SpecAugmentConfig(vtlp_max_warp=0.1, enabled=False)).train().draw_warp_factors(3, "cpu") is None
+
+
+def test_vtlp_warp_outside_zero_to_one_is_a_config_error():
+    with pytest.raises(ConfigError, match="vtlp_max_warp"):
+        SpecAugmentConfig(vtlp_max_warp=1.5)
 
 
 # --- Frontend -------------------------------------------------------------------------------------------------------
