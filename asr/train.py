@@ -395,6 +395,15 @@ class Trainer:
         dist.all_reduce(flag)
         return flag.item() == 0
 
+    def _share_elapsed(self) -> None:
+        """Every rank takes rank 0's training time: the time budget must end all ranks at the same step, and the
+        learning rate decayed by time (optim.decay_by) must be the same everywhere, or the replicas drift apart."""
+        if self.procs.world_size == 1:
+            return
+        elapsed = torch.tensor([self.elapsed], dtype=torch.float64, device=self.procs.device)
+        dist.broadcast(elapsed, src=0)
+        self.elapsed = elapsed.item()
+
     def _skip_bad_batch(self, reason: str, ids: list[str]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_batches += 1
@@ -467,6 +476,7 @@ class Trainer:
                 now = time.perf_counter()
                 self.elapsed += now - self._tick  # wall time of training, data loading included
                 self._tick = now
+                self._share_elapsed()
                 window_audio += float(batch.audio_lengths.sum()) / cfg.features.sample_rate * self.procs.world_size
                 if last_micro and self.step % cfg.train.log_every == 0:
                     rate = window_audio / (time.perf_counter() - window_start)

@@ -157,3 +157,30 @@ def test_ddp_with_two_gloo_processes(tmp_path, fsdd_dir):
     assert "2 process(es)" in log
     assert log.count("validation step") == 2  # once an epoch, by rank 0 only
     assert read_plain_data(tmp_path / "exp" / "model.pt")["metadata"]["dev_wer"] is not None
+
+
+SHARE_ELAPSED_SCRIPT = """
+import os, types
+import torch, torch.distributed as dist
+from asr.train import Trainer
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+trainer = types.SimpleNamespace(procs=types.SimpleNamespace(world_size=2, device=torch.device("cpu")),
+                                elapsed=100.0 + 7 * rank)  # rank 1's clock says 7 s more
+Trainer._share_elapsed(trainer)
+print(f"rank {rank} elapsed {trainer.elapsed}")
+dist.destroy_process_group()
+"""
+
+
+def test_under_torchrun_every_rank_takes_rank_zeros_training_time(tmp_path):
+    """The time budget and the learning rate decayed by time must agree on every rank: a rank that stopped a step
+    early would leave the other waiting in all-reduce forever, and different learning rates split the replicas."""
+    script = tmp_path / "share_elapsed.py"
+    script.write_text(SHARE_ELAPSED_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [
+        "rank 0 elapsed 100.0", "rank 1 elapsed 100.0"]
