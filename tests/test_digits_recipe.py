@@ -1,0 +1,47 @@
+"""The digits recipe (recipes/digits/run.sh, what `make demo` runs) end to end on the real FSDD recordings, with a
+training budget of seconds instead of minutes: every stage runs, training under torchrun with two processes, and
+the last stage prints the WERs of both decodings on dev and test."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asr.checkpoint import read_plain_data
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "digits"
+
+
+def run_recipe(work_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """run.sh with data/ and exp/ under work_dir, the python of this test session first on the PATH."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    return subprocess.run(["bash", str(RECIPE / "run.sh"), "--work-dir", str(work_dir), *args], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
+    result = run_recipe(tmp_path, "--fsdd", str(fsdd_dir), "--procs", "2", "train.max_minutes=0.1",
+                        "model.num_layers=1", "model.hidden_size=32")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for stage in range(4):
+        assert f"=== stage {stage}:" in result.stdout
+    assert "stage 2: train (2 process(es))" in result.stdout
+    log = (tmp_path / "exp" / "digits" / "train.log").read_text()
+    assert "2 process(es)" in log and "10.0 min" not in log
+    model = read_plain_data(tmp_path / "exp" / "digits" / "model.pt")
+    assert model["metadata"]["asr_config"]["model"]["hidden_size"] == 32  # the overrides reached the trainer
+    # Greedy, then the digit lexicon: a WER line for dev and for test each time.
+    wer_lines = re.findall(r"^data/(dev|test)\.jsonl: WER (\d+\.\d+)%", result.stdout, re.MULTILINE)
+    assert [split for split, _ in wer_lines] == ["dev", "test", "dev", "test"]
+    assert all(0 <= float(wer) <= 100 for _, wer in wer_lines)
+
+
+def test_unknown_arguments_are_refused_before_any_work(tmp_path):
+    result = run_recipe(tmp_path / "work", "--frobnicate")
+    assert result.returncode == 2
+    assert "unknown argument --frobnicate" in result.stderr
+    assert not (tmp_path / "work").exists()
