@@ -66,8 +66,13 @@ class ConvLogMel(nn.Module):
         self.register_buffer("basis", basis.float()[:, None, :], persistent=False)  # (2 · bins, 1, n_fft)
         self.register_buffer("mel_filters", logmel.mel_filters.clone(), persistent=False)
 
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """As LogMel.forward: audio (B, S) and lengths (B,) → features (B, T, n_mels), zero past each length."""
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor,
+                warp_factors: None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As LogMel.forward: audio (B, S) and lengths (B,) → features (B, T, n_mels), zero past each length.
+
+        An exported model only infers, so it never warps (VTLP is a training augmentation)."""
+        if warp_factors is not None:
+            raise ValueError("an exported model does not apply vocal tract length perturbation")
         half = self.cfg.n_fft // 2
         frames = F.conv1d(F.pad(audio.float()[:, None, :], (half, half)), self.basis, stride=self.cfg.hop_length)
         real, imaginary = frames.chunk(2, dim=1)  # (B, bins, T) each
