@@ -463,7 +463,10 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["default", "digits"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
-    parser.add_argument("--max-seconds", type=float, default=30.0, help="padded audio seconds a batch")
+    # 120 padded seconds hold 7 to 9 LibriSpeech utterances, the batches of the prototype (8 of 10-16 s) and
+    # still a small batch for training; at 30 s (1 or 2 utterances) a padded GRU's matrix products shrink to
+    # matrix-vector ones and the toolkit's lead over ESPnet's packed RNNs falls from 13x to 3.4x (docs/benchmarks.md).
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="padded audio seconds a batch")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=3, help="timed steps a cell")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pipeline cells")
