@@ -71,7 +71,8 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   resume=()
   [ -d "$exp/checkpoints" ] && resume=(--resume)  # rerunning the stage continues an interrupted run
   launcher=(python -m asr)
-  [ "$procs" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node "$procs" -m asr)
+  # One thread a process (train.threads); set here too, or torchrun warns that it chose it.
+  [ "$procs" -gt 1 ] && launcher=(env OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node "$procs" -m asr)
   "${launcher[@]}" train --config "$config" --out "$exp" "${resume[@]}" \
     data.train=data/train.jsonl data.dev=data/dev.jsonl data.cmvn=data/cmvn.json "${overrides[@]}"
 fi
