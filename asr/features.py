@@ -430,7 +430,8 @@ class Frontend(nn.Module):
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, S) and its lengths (B,) -> features (B, T, n_mels) and their lengths (B,)."""
-        feats, feat_lengths = self.logmel(audio, audio_lengths, self.specaug.draw_warp_factors(len(audio), audio.device))
+        warp_factors = self.specaug.draw_warp_factors(len(audio), audio.device)  # None unless training with VTLP
+        feats, feat_lengths = self.logmel(audio, audio_lengths, warp_factors)
         if self.cfg.normalization == "global":
             feats = self.cmvn(feats, feat_lengths)
         elif self.cfg.normalization == "utterance":

@@ -160,7 +160,7 @@ def test_ddp_with_two_gloo_processes(tmp_path, fsdd_dir):
 
 
 SHARE_ELAPSED_SCRIPT = """
-import os, types
+import sys, types
 import torch, torch.distributed as dist
 from asr.train import Trainer
 dist.init_process_group("gloo")
@@ -168,7 +168,8 @@ rank = dist.get_rank()
 trainer = types.SimpleNamespace(procs=types.SimpleNamespace(world_size=2, device=torch.device("cpu")),
                                 elapsed=100.0 + 7 * rank)  # rank 1's clock says 7 s more
 Trainer._share_elapsed(trainer)
-print(f"rank {rank} elapsed {trainer.elapsed}")
+with open(f"{sys.argv[1]}/rank{rank}.txt", "w") as out:  # a file each: the ranks' stdout lines interleave
+    out.write(str(trainer.elapsed))
 dist.destroy_process_group()
 """
 
@@ -178,9 +179,9 @@ def test_under_torchrun_every_rank_takes_rank_zeros_training_time(tmp_path):
     early would leave the other waiting in all-reduce forever, and different learning rates split the replicas."""
     script = tmp_path / "share_elapsed.py"
     script.write_text(SHARE_ELAPSED_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [
-        "rank 0 elapsed 100.0", "rank 1 elapsed 100.0"]
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["100.0", "100.0"]
