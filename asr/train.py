@@ -258,6 +258,14 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.sampler) / config.optim.accum_steps)
         self.total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
 
+        # Progress counters (all restored on resume; the schedule reads elapsed).
+        self.step = 0  # optimizer steps taken
+        self.epoch = 0
+        self.elapsed = 0.0  # seconds spent training, summed over resumed runs
+        self.bad_batches = 0
+        self.history: list[dict] = []  # validation results
+        self.best: list[tuple[float, int]] = []  # (dev WER, step) of the kept best checkpoints
+
         # Optimization.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
@@ -266,13 +274,6 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config.train.precision, self.procs.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-        # Progress counters (all restored on resume).
-        self.step = 0  # optimizer steps taken
-        self.epoch = 0
-        self.elapsed = 0.0  # seconds spent training, summed over resumed runs
-        self.bad_batches = 0
-        self.history: list[dict] = []  # validation results
-        self.best: list[tuple[float, int]] = []  # (dev WER, step) of the kept best checkpoints
         if payload is not None:
             self._restore(payload)
             log.info("resumed from %s at step %d (epoch %d)", checkpoint, self.step, self.epoch)
@@ -290,7 +291,7 @@ class Trainer:
         if optim.decay_by == "time":
             if not budget:
                 raise ConfigError("optim.decay_by: 'time' needs a time budget (train.max_minutes)")
-            return getattr(self, "elapsed", 0.0) / budget
+            return self.elapsed / budget
         if optim.decay_by != "steps":
             raise ConfigError(f"optim.decay_by: {optim.decay_by!r} is not 'steps' or 'time'")
         warmup = max(1, optim.warmup_steps)
@@ -476,7 +477,7 @@ class Trainer:
                 now = time.perf_counter()
                 self.elapsed += now - self._tick  # wall time of training, data loading included
                 self._tick = now
-                self._share_elapsed()
+                self._share_elapsed()  # each micro-batch: the scheduler reads elapsed before the last one's time is in
                 window_audio += float(batch.audio_lengths.sum()) / cfg.features.sample_rate * self.procs.world_size
                 if last_micro and self.step % cfg.train.log_every == 0:
                     rate = window_audio / (time.perf_counter() - window_start)

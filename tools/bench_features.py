@@ -16,9 +16,7 @@ import argparse
 import glob
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import torchaudio
 
 from asr.audio import load_audio
 from asr.features import FeatureConfig, LogMel
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))
@@ -106,22 +105,6 @@ def median_seconds(compute_frames, waves: list[torch.Tensor], repeats: int) -> t
     return frames, statistics.median(seconds)
 
 
-def machine() -> dict:
-    """Where the numbers were measured."""
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        model_lines = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        if model_lines:
-            cpu = model_lines[0].split(":", 1)[1].strip()
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-
-
 def run(files: list[str], repeats: int) -> dict:
     """Time every method over the files; the report as JSON-ready data."""
     cfg = FeatureConfig()
@@ -137,8 +120,7 @@ def run(files: list[str], repeats: int) -> dict:
     for result in results:
         result["speed_relative_to_logmel"] = result["frames_per_second"] / logmel_speed
     return {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
+        **provenance(),
         "torch": torch.__version__,
         "torchaudio": torchaudio.__version__,
         "librosa": librosa.__version__,

@@ -36,7 +36,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -45,7 +44,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import soundfile
@@ -64,6 +62,7 @@ from asr.recognizer import Recognizer
 from asr.text import load_tokenizer, normalize_text, save_tokenizer
 from asr.train import autocast_dtype, build_tokenizer
 from gpu_bench import librispeech_durations
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))
@@ -356,7 +355,7 @@ def peak_memory_gb(device: torch.device) -> float:
 def run(args) -> dict:
     """Every cell of the run, --rounds times; the report as JSON-ready data."""
     started = time.perf_counter()
-    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    header = provenance()  # the date the run started
     print_header()
     espnet_installed = all(importlib.util.find_spec(name) for name in ("espnet2", "typeguard"))
     with tempfile.TemporaryDirectory(prefix="bench_training.") as folder:
@@ -385,9 +384,7 @@ def run(args) -> dict:
     results = [{**cell_name(spec), **combine_rounds(cell_runs)} for spec, cell_runs in zip(specs, runs)]
     add_ratios(results)
     return {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": date,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        **header,
         "device": args.device,
         "torch": torch.__version__,
         "threads": args.threads or torch.get_num_threads(),

@@ -38,7 +38,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import importlib.util
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -46,7 +45,6 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -64,6 +62,7 @@ from asr.recognizer import Recognizer
 from asr.text import normalize_text, tokenizer_from_dict
 from asr.train import build_tokenizer
 from asr.transcribe import transcribe_files
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))
@@ -312,9 +311,7 @@ def run(args) -> dict:
     files = sentence_files(args.quick)
     audio_seconds = sum(audio_info(f).duration for f in files)
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        **provenance(),
         "device": "cpu", "torch": torch.__version__, "threads": args.threads,
         "files": len(files), "audio_seconds": round(audio_seconds, 2), "repeats": args.repeats,
         "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],

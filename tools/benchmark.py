@@ -31,7 +31,6 @@ import json
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ import torchaudio
 import bench_features
 import bench_training
 import bench_transcription
+from provenance import provenance
 
 SECTIONS = ("training", "transcription", "features")
 
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": bench_features.machine(),
+        **provenance(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         "torchaudio": torchaudio.__version__,

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from torch import nn
 
 from asr.data.sampler import DurationBucketSampler
 from asr.model import AcousticModel, ModelConfig
+from provenance import provenance
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # LogMel's 10 ms
@@ -220,10 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(asdict(measure(precision, model_config, batches, args.warmup, device)))
     model = AcousticModel(model_config)
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         "device": device_name(device),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
