@@ -1,23 +1,31 @@
-"""Reading audio files: any format, sample rate and channel count in; 16 kHz mono float32 tensors out.
+"""Reading audio files: any format, sample rate and channel count in; 16 kHz mono float32 samples out.
 
 soundfile (libsndfile) reads WAV, FLAC, OGG and MP3 itself. A file whose format it does not recognise goes to
 librosa, which hands it to audioread (ffmpeg or GStreamer, where installed). Whatever goes wrong with a file
 surfaces as an `AudioError` naming the file and the problem; the library's own exception is chained to it.
+
+`load_samples` and `stream_samples` give numpy arrays, `load_audio` and `stream_audio` the same samples as torch
+tensors. This module imports torch only when asked for a tensor: transcribing with an ONNX model never loads torch,
+which alone takes longer to import than transcribing a minute of speech.
 """
+from __future__ import annotations
+
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import audioread
-import librosa
 import numpy as np
 import soundfile
 import soxr
-import torch
 
 from asr.errors import AudioError
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLE_RATE = 16000
 
@@ -61,37 +69,55 @@ def audio_info(path) -> AudioInfo:
     )
 
 
-def load_audio(path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Decode a whole file to a mono float32 tensor (S,) at `sample_rate`: channels averaged, then resampled."""
+def load_samples(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a whole file to mono float32 samples (S,) at `sample_rate`: channels averaged, then resampled."""
     path = _existing_file(path)
     samples, file_rate = _decode(path)
     mono = _downmix(path, samples)
     if mono.size == 0:
         raise AudioError(path, "no audio samples")
-    return resample(torch.from_numpy(mono), file_rate, sample_rate)
+    return _resample_samples(mono, file_rate, sample_rate)
 
 
-def resample(wave: torch.Tensor, orig_sr: float, new_sr: float) -> torch.Tensor:
-    """Resample a 1-D waveform with soxr's anti-aliasing filter; returns float32 on the input's device.
+def load_audio(path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """`load_samples` as a float32 tensor (S,)."""
+    import torch
+
+    return torch.from_numpy(load_samples(path, sample_rate))
+
+
+def resample(wave: np.ndarray | torch.Tensor, orig_sr: float, new_sr: float) -> np.ndarray | torch.Tensor:
+    """Resample a 1-D waveform with soxr's anti-aliasing filter; returns float32 of the input's kind: a numpy array,
+    or a tensor on the input's device.
 
     Rates may be fractional: speed perturbation resamples from `16000 * factor`.
     """
-    if wave.dim() != 1:
+    if wave.ndim != 1:
         raise ValueError(f"resample expects a 1-D waveform, got shape {tuple(wave.shape)}")
+    if isinstance(wave, np.ndarray):
+        return _resample_samples(wave, orig_sr, new_sr)
+    import torch
+
     if orig_sr == new_sr:
         return wave.to(torch.float32)
-    samples = np.ascontiguousarray(wave.detach().cpu().numpy(), dtype=np.float32)
-    resampled = soxr.resample(samples, orig_sr, new_sr, quality=_RESAMPLE_QUALITY)
-    return torch.from_numpy(resampled).to(wave.device)
+    samples = wave.detach().cpu().numpy()
+    return torch.from_numpy(_resample_samples(samples, orig_sr, new_sr)).to(wave.device)
 
 
-def stream_audio(
+def _resample_samples(samples: np.ndarray, orig_sr: float, new_sr: float) -> np.ndarray:
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    if orig_sr == new_sr:
+        return samples
+    return soxr.resample(samples, orig_sr, new_sr, quality=_RESAMPLE_QUALITY)
+
+
+def stream_samples(
     path, chunk_seconds: float, sample_rate: int = SAMPLE_RATE, overlap_seconds: float = 0.0
-) -> Iterator[tuple[float, torch.Tensor]]:
+) -> Iterator[tuple[float, np.ndarray]]:
     """Yield `(start_seconds, chunk)` over a file, reading about one chunk of it at a time.
 
-    Every chunk holds `chunk_seconds` of mono float32 audio at `sample_rate`, except the last, which holds what is
-    left; consecutive chunks share `overlap_seconds`. Without overlap the chunks put end to end equal `load_audio`.
+    Every chunk holds `chunk_seconds` of mono float32 samples at `sample_rate`, except the last, which holds what is
+    left; consecutive chunks share `overlap_seconds`. Without overlap the chunks put end to end equal `load_samples`.
     Memory stays bounded by a few chunks for the formats libsndfile reads; any other format (decoded by librosa) is
     loaded whole and then sliced, because audioread offers no seekable, resumable decoding.
     """
@@ -108,12 +134,31 @@ def stream_audio(
     for block in _resampled_blocks(path, sample_rate, chunk_seconds):
         pending = np.concatenate([pending, block])
         while len(pending) >= chunk_length:
-            yield pending_start / sample_rate, torch.from_numpy(pending[:chunk_length].copy())
+            yield pending_start / sample_rate, pending[:chunk_length].copy()
             pending = pending[step:]
             pending_start += step
     # What follows the last full chunk; when nothing was yielded yet (a file shorter than one chunk), all of it.
     if len(pending) > overlap_length or (pending_start == 0 and len(pending) > 0):
-        yield pending_start / sample_rate, torch.from_numpy(pending)
+        yield pending_start / sample_rate, pending
+
+
+def stream_audio(
+    path, chunk_seconds: float, sample_rate: int = SAMPLE_RATE, overlap_seconds: float = 0.0
+) -> Iterator[tuple[float, torch.Tensor]]:
+    """`stream_samples` with each chunk as a float32 tensor."""
+    import torch
+
+    for start, chunk in stream_samples(path, chunk_seconds, sample_rate, overlap_seconds):
+        yield start, torch.from_numpy(chunk)
+
+
+def as_samples(wave) -> np.ndarray:
+    """A 1-D waveform given as a numpy array or a torch tensor (on any device), as float32 numpy samples."""
+    if not isinstance(wave, np.ndarray):
+        wave = wave.detach().cpu().numpy()  # a tensor: torch is loaded already, as it made one
+    if wave.ndim != 1:
+        raise ValueError(f"expected a 1-D waveform, got shape {tuple(wave.shape)}")
+    return np.asarray(wave, dtype=np.float32)
 
 
 def _resampled_blocks(path, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
@@ -124,7 +169,7 @@ def _resampled_blocks(path, sample_rate: int, block_seconds: float) -> Iterator[
     except soundfile.LibsndfileError as error:
         if error.code != _SF_ERR_UNRECOGNISED_FORMAT:
             raise _unreadable(path, error) from error
-        yield load_audio(path, sample_rate).numpy()
+        yield load_samples(path, sample_rate)
         return
     with sound_file:
         # A streaming resampler keeps its filter state across blocks, so the blocks join without seams: the output
@@ -172,6 +217,8 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _decode_with_librosa(path: Path, soundfile_error: soundfile.LibsndfileError) -> tuple[np.ndarray, int]:
+    import librosa  # only for the formats libsndfile does not read: a deployment that transcribes wav can go without
+
     # audioread raises DecodeError (EOFError for a cut-off header); librosa 1.0, which drops audioread, will let
     # libsndfile's error through instead.
     try:

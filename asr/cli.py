@@ -143,9 +143,17 @@ def cmd_average(args) -> int:
 # transcribe, evaluate, score
 
 
+def _is_onnx(model_path: str) -> bool:
+    """Whether --model names an exported ONNX graph (by its suffix), to be run on ONNX Runtime without torch."""
+    return Path(model_path).suffix.lower() == ".onnx"
+
+
 def _load_recognizer(args):
-    """The model of --model on --device (default: cuda when available), torch limited to --threads CPU threads,
-    quantized when --quantize asks."""
+    """The model of --model. A model file on --device (default: cuda when available), torch limited to --threads CPU
+    threads, quantized when --quantize asks; an exported graph (.onnx) on ONNX Runtime with --threads threads, and
+    torch never imported."""
+    if _is_onnx(args.model):
+        return _load_onnx_recognizer(args)
     import torch
 
     from asr.checkpoint import load_model
@@ -160,19 +168,34 @@ def _load_recognizer(args):
     return recognizer
 
 
+def _load_onnx_recognizer(args):
+    from asr.onnx_model import OnnxRecognizer
+
+    if args.quantize:
+        # ONNX Runtime's dynamic quantization leaves the GRU layers, nearly all of the work, in float32: no faster.
+        raise AsrError(f"{args.model}: --quantize {args.quantize} quantizes a PyTorch model file as it loads; an ONNX "
+                       f"graph runs as it was exported (transcribe the model file with --quantize int8 instead)")
+    if args.device not in (None, "cpu"):
+        raise AsrError(f"{args.model}: an ONNX model runs on the CPU (--device {args.device} is for model files)")
+    return OnnxRecognizer(args.model, threads=args.threads)
+
+
 def _let_idle_threads_sleep() -> None:
     """Have torch's OpenMP threads sleep when idle instead of spinning, unless OMP_WAIT_POLICY says otherwise.
 
     A spinning thread waits out its peers' time slices on a CPU shared with other processes (or with the data
     loader's workers): on 2 busy cores the default model transcribed ten times slower, and trained 14 times slower,
     with spinning threads (docs/benchmarks.md). OpenMP reads the variable once, when torch is first imported, so
-    this runs before any command imports it.
+    this runs before any command imports it. An ONNX model's threads follow the same variable (asr.onnx_model).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _decoder(args, recognizer):
-    """The decoder the decoding options ask for: greedy, unless --decoder beam or a --lm or --lexicon is given."""
+    """The decoder the decoding options ask for: greedy, unless --decoder beam or a --lm or --lexicon is given.
+
+    Beam search runs on torch tensors (flashlight through torchaudio, forced alignment for word times): with an ONNX
+    model it works too, and imports torch; greedy decoding does not."""
     from asr.decoding import BeamSearchDecoder, GreedyDecoder
 
     if args.decoder == "greedy" and (args.lm or args.lexicon):
@@ -202,6 +225,9 @@ def cmd_transcribe(args) -> int:
     from asr.transcribe import OUTPUT_FORMATS, expand_inputs, transcribe_files
 
     if args.plot:
+        if _is_onnx(args.model):
+            raise AsrError(f"{args.model}: --plot draws the features the model reads, which an ONNX graph keeps "
+                           f"inside: plot with the model file it was exported from")
         from asr.plot import plot_transcript  # matplotlib takes half a second to import: only when plotting
 
     formats = list(OUTPUT_FORMATS) if args.output_format == "all" else [args.output_format]
@@ -272,7 +298,7 @@ def cmd_export(args) -> int:
 
     path = export_onnx(load_model(args.model), args.out, opset=args.opset)
     print(f"{args.model} → {path}: ONNX opset {args.opset}, inputs {', '.join(ONNX_INPUTS)}, outputs "
-          f"{', '.join(ONNX_OUTPUTS)}")
+          f"{', '.join(ONNX_OUTPUTS)}; tokenizer and frame shift in its metadata (asr transcribe --model {path})")
     return 0
 
 
@@ -410,11 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --device, --threads, batching and the decoder's options, shared by transcribe and evaluate."""
-    parser.add_argument("--model", required=True, help="model file (model.pt)")
+    parser.add_argument("--model", required=True,
+                        help="model file (model.pt), or an ONNX graph from asr export (model.onnx: runs on ONNX "
+                             "Runtime, on the CPU, without torch)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch, or ONNX Runtime (default: the library's choice)")
     parser.add_argument("--quantize", choices=["int8"], default=None,
-                        help="CPU only: compute the GRU and Linear layers with int8 weights, 2-4× faster")
+                        help="CPU only, model files only: compute the GRU and Linear layers with int8 weights, 2-4× "
+                             "faster")
     parser.add_argument("--batch-seconds", type=float, default=240.0,
                         help="at most this much padded audio a batch (default: 240)")
     decoding = parser.add_argument_group("decoding")

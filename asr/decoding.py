@@ -5,11 +5,13 @@ one `Hypothesis` per utterance: its text, its token ids (the CTC label sequence,
 words, each with start and end times and a confidence.
 
 - `GreedyDecoder` takes the most probable token of every frame (on the tensor's device), merges repeats and drops
-  blanks. Word times and confidences come from that best path itself.
+  blanks. Word times and confidences come from that best path itself. It takes numpy arrays too (an ONNX Runtime
+  model's output) and then needs no torch.
 - `BeamSearchDecoder` wraps flashlight-text's CTC beam search (`torchaudio.models.decoder.ctc_decoder`): without a
   language model it searches label sequences (summing over their CTC paths); with a word n-gram LM (ARPA or KenLM
   binary) it searches words of a lexicon, scored by the acoustics plus `lm_weight` × LM + `word_score` a word.
-  Word times come from a CTC forced alignment of the hypothesis (`align_words`).
+  Word times come from a CTC forced alignment of the hypothesis (`align_words`). It runs on torch tensors (numpy
+  arrays are turned into tensors), so it imports torch and torchaudio when built.
 
 How tokens make words: the character tokenizer writes `|` between words; the BPE tokenizer starts every word with a
 piece that begins with sentencepiece's `▁`. A word's text is the tokenizer's decoding of its tokens.
@@ -29,13 +31,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
-import torchaudio
+import numpy as np
 
 from asr.errors import AsrError, ConfigError, ManifestError, ModelFileError
 from asr.lm import SENTENCE_END, SENTENCE_START, UNKNOWN_WORD, is_kenlm_binary, read_arpa_unigrams
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -130,22 +134,39 @@ class GreedyDecoder:
         self.tokenizer = tokenizer
         self.frame_shift = frame_shift
 
-    @torch.no_grad()
-    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
-        """(B, T, V) log-probabilities and (B,) lengths → one Hypothesis an utterance, its score the path's
-        log-probability. The argmax runs on the tensor's device; only each frame's best label and its log-probability
-        travel to the CPU."""
-        best_log_probs, best_labels = log_probs.detach().max(dim=-1)
-        best_log_probs, best_labels = best_log_probs.float().cpu(), best_labels.cpu()
+    def decode(self, log_probs: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray) -> list[Hypothesis]:
+        """(B, T, V) log-probabilities and (B,) lengths, tensors or numpy arrays → one Hypothesis an utterance, its
+        score the path's log-probability. The argmax of a tensor runs on its device; only each frame's best label and
+        its log-probability travel to the CPU."""
+        best_log_probs, best_labels = _best_path(log_probs)
         hypotheses = []
         for utterance, length in enumerate(lengths.tolist()):
             path_log_probs = best_log_probs[utterance, :length]
-            spans = _token_spans(best_labels[utterance, :length].tolist(), path_log_probs.exp().tolist(),
+            spans = _token_spans(best_labels[utterance, :length].tolist(), np.exp(path_log_probs).tolist(),
                                  self.tokenizer.blank_id)
             hypotheses.append(_hypothesis([span.token for span in spans],
                                           _words(spans, self.tokenizer, self.frame_shift),
                                           float(path_log_probs.sum())))
         return hypotheses
+
+
+def _best_path(log_probs: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's largest log-probability (float32) and its label, (B, T) numpy arrays each."""
+    if isinstance(log_probs, np.ndarray):
+        best_labels = log_probs.argmax(axis=-1)
+        best = np.take_along_axis(log_probs, best_labels[..., None], axis=-1)[..., 0]
+        return best.astype(np.float32, copy=False), best_labels
+    best, best_labels = log_probs.detach().max(dim=-1)  # a tensor: torch is loaded already, as it made one
+    return best.float().cpu().numpy(), best_labels.cpu().numpy()
+
+
+def _as_cpu_tensor(log_probs: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Log-probabilities as a float32 CPU tensor without gradient: what forced alignment and flashlight take."""
+    import torch
+
+    if isinstance(log_probs, np.ndarray):
+        return torch.from_numpy(np.asarray(log_probs, dtype=np.float32))
+    return log_probs.detach().float().cpu()
 
 
 def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, frame_shift: float = 0.04) -> list[Word]:
@@ -155,6 +176,9 @@ def align_words(log_probs: torch.Tensor, token_ids: Sequence[int], tokenizer, fr
     spells exactly `token_ids`; a word spans its tokens' frames and its confidence is taken from the posteriors that
     path gives them. Raises ValueError when the tokens cannot fit in T frames (a repeated token needs a blank between).
     """
+    import torch
+    import torchaudio
+
     token_ids = [int(token) for token in token_ids]
     if not token_ids:
         return []
@@ -183,7 +207,7 @@ def prefix_beam_search(log_probs: torch.Tensor, beam_size: int = 50, blank_id: i
     label; after each frame the `beam_size` most probable prefixes survive.
     """
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix → (ends in blank, in label)
-    for frame in log_probs.detach().float().cpu().tolist():
+    for frame in _as_cpu_tensor(log_probs).tolist():
         extended = defaultdict(lambda: [-math.inf, -math.inf])
         for prefix, (blank_end, label_end) in beams.items():
             total = _log_add(blank_end, label_end)
@@ -300,6 +324,8 @@ class BeamSearchDecoder:
     def __init__(self, tokenizer, beam_size: int = 50, lm: str | Path | None = None,
                  lexicon: str | Path | None = None, lm_weight: float = 2.0, word_score: float = 0.0,
                  beam_threshold: float = 25.0, frame_shift: float = 0.04, nbest: int = 1):
+        import torch  # here, not at the top: greedy decoding of an ONNX model's output never loads it
+
         _check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self.beam_size = beam_size
@@ -346,21 +372,26 @@ class BeamSearchDecoder:
             except RuntimeError as error:  # KenLM's complaint about a file it cannot parse
                 raise ModelFileError(f"{lm}: cannot load the language model: {error}") from error
 
-    @torch.no_grad()
-    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+    def decode(self, log_probs: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray) -> list[Hypothesis]:
         """(B, T, V) log-probabilities and (B,) lengths → the best Hypothesis of each utterance."""
         return [hypotheses[0] for hypotheses in self.decode_nbest(log_probs, lengths)]
 
-    @torch.no_grad()
-    def decode_nbest(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
-        """(B, T, V) log-probabilities and (B,) lengths → up to `nbest` hypotheses an utterance, best first."""
-        if log_probs.is_cuda and not self.uses_lexicon and self._cuda_decoder is not None:
-            return self._decode_cuda(log_probs, lengths)
-        emissions = log_probs.detach().float().cpu()
-        return [self._decode_utterance(emissions[utterance, :length])
-                for utterance, length in enumerate(lengths.tolist())]
+    def decode_nbest(self, log_probs: torch.Tensor | np.ndarray,
+                     lengths: torch.Tensor | np.ndarray) -> list[list[Hypothesis]]:
+        """(B, T, V) log-probabilities and (B,) lengths (tensors, or numpy arrays) → up to `nbest` hypotheses an
+        utterance, best first."""
+        import torch
+
+        with torch.no_grad():
+            if getattr(log_probs, "is_cuda", False) and not self.uses_lexicon and self._cuda_decoder is not None:
+                return self._decode_cuda(log_probs, lengths)
+            emissions = _as_cpu_tensor(log_probs)
+            return [self._decode_utterance(emissions[utterance, :length])
+                    for utterance, length in enumerate(lengths.tolist())]
 
     def _decode_utterance(self, emissions: torch.Tensor) -> list[Hypothesis]:
+        import torch
+
         if self._flashlight is None:
             tokens = prefix_beam_search(emissions, self.beam_size, self.tokenizer.blank_id)
             return [self._hypothesis(emissions, tokens, None)]
@@ -382,6 +413,8 @@ class BeamSearchDecoder:
         return factory(list(self.tokenizer.tokens), nbest=self.nbest, beam_size=self.beam_size) if factory else None
 
     def _decode_cuda(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        import torch
+
         emissions = log_probs.detach().float().contiguous()
         results = self._cuda_decoder(emissions, lengths.to(device=emissions.device, dtype=torch.int32).contiguous())
         return [[self._hypothesis(emissions[utterance, :length], [int(token) for token in result.tokens],

@@ -10,11 +10,14 @@
 - `export_onnx(recognizer, path)` writes the whole Recognizer, audio in and CTC log-probabilities out, as one ONNX
   graph with dynamic batch and length axes, for runtimes without Python (ONNX Runtime, in C++, C#, Java, the web).
   The exporter cannot translate torch.stft's complex output, so the exported graph computes the same spectrum as a
-  strided convolution with the windowed Fourier basis (`ConvLogMel`). It needs the `onnx` package.
+  strided convolution with the windowed Fourier basis (`ConvLogMel`). It needs the `onnx` package. The file also
+  carries the tokenizer, frame shift and sample rate as metadata (asr.onnx_model), so that it alone is enough to
+  transcribe: `asr transcribe --model model.onnx` runs it on ONNX Runtime without importing torch.
 """
 from __future__ import annotations
 
 import copy
+import io
 import math
 import warnings
 from pathlib import Path
@@ -25,10 +28,9 @@ from torch import nn
 
 from asr.errors import AsrError
 from asr.features import LogMel
+from asr.onnx_model import ONNX_INPUTS, ONNX_OUTPUTS, onnx_metadata
 
 ONNX_OPSET = 17
-ONNX_INPUTS = ("audio", "audio_lengths")
-ONNX_OUTPUTS = ("log_probs", "out_lengths")
 
 
 def quantize_int8(recognizer):
@@ -92,9 +94,10 @@ def exportable(recognizer):
 
 def export_onnx(recognizer, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     """Write `recognizer` as an ONNX graph: inputs `audio` (B, S) float32 16 kHz and `audio_lengths` (B,) int64;
-    outputs `log_probs` (B, T, vocab_size) and `out_lengths` (B,). Batch and lengths are dynamic axes."""
+    outputs `log_probs` (B, T, vocab_size) and `out_lengths` (B,). Batch and lengths are dynamic axes. The file's
+    metadata holds the tokenizer, frame shift, sample rate and a description (asr.onnx_model.onnx_metadata)."""
     try:
-        import onnx  # noqa: F401  (torch's exporter imports it; asking first gives the user the fix)
+        import onnx  # torch's exporter imports it too; asking first gives the user the fix
     except ImportError as error:
         raise AsrError("exporting to ONNX needs the onnx package: pip install onnx") from error
     path = Path(path)
@@ -108,7 +111,12 @@ def export_onnx(recognizer, path: str | Path, opset: int = ONNX_OPSET) -> Path:
         # The TorchScript-based exporter warns that it is deprecated, and about traced size arithmetic that the
         # dynamic axes make symbolic anyway; tests/test_export.py checks the graph against PyTorch at other shapes.
         warnings.simplefilter("ignore")
-        torch.onnx.export(exportable(recognizer), (audio, audio_lengths), str(path), dynamo=False,
+        graph = io.BytesIO()  # in memory first, so that no file without its metadata is ever written
+        torch.onnx.export(exportable(recognizer), (audio, audio_lengths), graph, dynamo=False,
                           opset_version=opset, input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
                           dynamic_axes=dynamic_axes)
+    model = onnx.load_from_string(graph.getvalue())
+    onnx.helper.set_model_props(model, onnx_metadata(recognizer.tokenizer, recognizer.frame_shift,
+                                                     recognizer.describe()))
+    onnx.save(model, str(path))
     return path

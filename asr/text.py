@@ -229,23 +229,38 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
     raise ModelFileError(f"unknown tokenizer kind {data['kind']!r} (expected 'char' or 'bpe')")
 
 
-def save_tokenizer(tokenizer: Tokenizer, path) -> None:
-    """Write a tokenizer file (JSON; sentencepiece's model bytes as base64) for `tokenizer.path` in a config."""
+def tokenizer_to_json(tokenizer: Tokenizer) -> str:
+    """The tokenizer as one JSON string (sentencepiece's model bytes as base64): what a tokenizer file holds, and
+    what an exported ONNX model carries in its metadata."""
     data = dict(tokenizer.to_dict())
     if isinstance(data.get("model"), bytes):
         data["model"] = base64.b64encode(data["model"]).decode("ascii")
-    Path(path).write_text(json.dumps(data))
+    return json.dumps(data)
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    """Rebuild a tokenizer from `tokenizer_to_json`'s string; raises ModelFileError when the text is not one."""
+    try:
+        data = json.loads(text)
+        if data.get("kind") == BpeTokenizer.kind:
+            data["model"] = base64.b64decode(data["model"])
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        raise ModelFileError(f"not a tokenizer's JSON ({error})") from error
+    return tokenizer_from_dict(data)
+
+
+def save_tokenizer(tokenizer: Tokenizer, path) -> None:
+    """Write a tokenizer file (JSON; sentencepiece's model bytes as base64) for `tokenizer.path` in a config."""
+    Path(path).write_text(tokenizer_to_json(tokenizer))
 
 
 def load_tokenizer(path) -> Tokenizer:
     """Read a file written by `save_tokenizer`; errors name the file."""
     try:
-        data = json.loads(Path(path).read_text())
-        if data.get("kind") == BpeTokenizer.kind:
-            data["model"] = base64.b64decode(data["model"])
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as error:
+        text = Path(path).read_text()
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8
         raise ModelFileError(f"{path}: not a tokenizer file ({error})") from error
     try:
-        return tokenizer_from_dict(data)
+        return tokenizer_from_json(text)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from error

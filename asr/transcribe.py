@@ -6,24 +6,35 @@ decoded on its own and the words are stitched by time (`stitch_windows`), so mem
 whatever the recording's length: an hour of audio never lies in memory as samples, features or log-probabilities.
 
 A transcript turns into plain text, one JSON object, or SRT / WebVTT subtitles (`OUTPUT_FORMATS`).
+
+The recognizer is a PyTorch `Recognizer` (asr.recognizer) or an `OnnxRecognizer` (asr.onnx_model), and both go
+through the same pipeline: audio is read and batched as numpy arrays, and only `_decode_waves` tells the two apart,
+handing a torch module its batch as tensors on its device and the ONNX Runtime session its numpy arrays. So with an
+ONNX model this module never imports torch.
 """
 from __future__ import annotations
 
 import glob
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
-from asr.audio import SAMPLE_RATE, audio_info, load_audio, stream_audio
+from asr.audio import SAMPLE_RATE, as_samples, audio_info, load_samples, stream_samples
 from asr.decoding import GreedyDecoder, Word
 from asr.errors import AsrError, AudioError
+from asr.onnx_model import OnnxRecognizer
+
+if TYPE_CHECKING:
+    import torch
 
 # What a folder given as input is searched for (case-insensitively).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".sph", ".webm")
@@ -39,7 +50,7 @@ CUE_BREAK_PAUSE = 1.0
 class Transcript:
     """What was recognized in one recording; `words` carry times in seconds from the recording's start."""
 
-    audio: str  # the file's path, or "<waveform>" for a tensor
+    audio: str  # the file's path, or "<waveform>" for a waveform given as samples
     text: str
     duration: float  # seconds of audio
     words: list[Word] = field(default_factory=list)
@@ -102,9 +113,9 @@ def default_decoder(recognizer) -> GreedyDecoder:
     return GreedyDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift)
 
 
-def transcribe_file(recognizer, audio: str | Path | torch.Tensor, decoder=None, chunk_seconds: float = 30.0,
-                    overlap_seconds: float = 5.0) -> Transcript:
-    """Transcribe one recording: a file path, or a 16 kHz mono waveform tensor (S,).
+def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, decoder=None,
+                    chunk_seconds: float = 30.0, overlap_seconds: float = 5.0) -> Transcript:
+    """Transcribe one recording: a file path, or a 16 kHz mono waveform (S,), a tensor or a numpy array.
 
     Up to `chunk_seconds` the recording is decoded whole; a longer one in windows of `chunk_seconds` overlapping by
     `overlap_seconds`, read from the file one window at a time. `decoder` defaults to greedy decoding. Raises
@@ -112,21 +123,20 @@ def transcribe_file(recognizer, audio: str | Path | torch.Tensor, decoder=None, 
     """
     decoder = decoder or default_decoder(recognizer)
     started = time.perf_counter()
-    is_waveform = isinstance(audio, torch.Tensor)
+    is_waveform = not isinstance(audio, (str, os.PathLike))
     if is_waveform:
-        if audio.dim() != 1:
-            raise ValueError(f"expected a 1-D waveform, got shape {tuple(audio.shape)}")
-        name, duration = "<waveform>", audio.numel() / SAMPLE_RATE
+        audio = as_samples(audio)
+        name, duration = "<waveform>", audio.size / SAMPLE_RATE
     else:
         name, duration = str(audio), _duration(Path(audio))
     with _evaluation_mode(recognizer):
         if duration <= chunk_seconds:
-            wave = audio if is_waveform else load_audio(audio)
+            wave = audio if is_waveform else load_samples(audio)
             (hypothesis,) = _decode_waves(recognizer, decoder, [wave])
-            transcript = Transcript(name, hypothesis.text, wave.numel() / SAMPLE_RATE, list(hypothesis.words))
+            transcript = Transcript(name, hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words))
         else:
             windows = (_slide_windows(audio, chunk_seconds, overlap_seconds) if is_waveform
-                       else stream_audio(audio, chunk_seconds, overlap_seconds=overlap_seconds))
+                       else stream_samples(audio, chunk_seconds, overlap_seconds=overlap_seconds))
             words = stitch_windows(_decode_windows(recognizer, decoder, windows))
             transcript = Transcript(name, " ".join(word.word for word in words), duration, words)
     transcript.compute_seconds = time.perf_counter() - started
@@ -193,35 +203,45 @@ def _plan_batches(indices: list[int], durations: dict[int, float], batch_size: i
 def _transcribe_batch(recognizer, decoder, paths: dict[int, Path]) -> dict[int, Transcript | AsrError]:
     started = time.perf_counter()
     results: dict[int, Transcript | AsrError] = {}
-    waves: dict[int, torch.Tensor] = {}
+    waves: dict[int, np.ndarray] = {}
     for index, path in paths.items():
         try:
-            waves[index] = load_audio(path)
+            waves[index] = load_samples(path)
         except AudioError as error:
             results[index] = error
     if waves:
         hypotheses = _decode_waves(recognizer, decoder, list(waves.values()))
-        total_samples = sum(wave.numel() for wave in waves.values())
+        total_samples = sum(wave.size for wave in waves.values())
         elapsed = time.perf_counter() - started
         for (index, wave), hypothesis in zip(waves.items(), hypotheses):
-            results[index] = Transcript(str(paths[index]), hypothesis.text, wave.numel() / SAMPLE_RATE,
-                                        list(hypothesis.words), elapsed * wave.numel() / total_samples)
+            results[index] = Transcript(str(paths[index]), hypothesis.text, wave.size / SAMPLE_RATE,
+                                        list(hypothesis.words), elapsed * wave.size / total_samples)
     return results
 
 
-@torch.inference_mode()
-def _decode_waves(recognizer, decoder, waves: list[torch.Tensor]) -> list:
-    """Hypotheses for a list of waveforms, decoded as one padded batch on the recognizer's device."""
-    device = recognizer.device
-    lengths = torch.tensor([wave.numel() for wave in waves], device=device)
-    batch = torch.nn.utils.rnn.pad_sequence([wave.to(device) for wave in waves], batch_first=True)
-    log_probs, out_lengths = recognizer(batch, lengths)
-    return decoder.decode(log_probs, out_lengths)
+def _decode_waves(recognizer, decoder, waves: list[np.ndarray]) -> list:
+    """Hypotheses for a list of float32 waveforms, decoded as one zero-padded batch: by the ONNX Runtime session as
+    numpy arrays, or by a torch module as tensors on its device."""
+    lengths = np.array([wave.size for wave in waves], dtype=np.int64)
+    batch = np.zeros((len(waves), lengths.max()), dtype=np.float32)
+    for row, wave in enumerate(waves):
+        batch[row, :wave.size] = wave
+    if isinstance(recognizer, OnnxRecognizer):
+        return decoder.decode(*recognizer(batch, lengths))
+    import torch  # loaded already: the recognizer is a torch module
+
+    with torch.inference_mode():
+        device = recognizer.device
+        log_probs, out_lengths = recognizer(torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device))
+        return decoder.decode(log_probs, out_lengths)
 
 
 @contextmanager
 def _evaluation_mode(recognizer):
     """Dropout and SpecAugment off while transcribing; the caller's training mode back afterwards."""
+    if isinstance(recognizer, OnnxRecognizer):  # an exported graph only infers: it has no training mode
+        yield
+        return
     was_training = recognizer.training
     recognizer.eval()
     try:
@@ -234,29 +254,29 @@ def _evaluation_mode(recognizer):
 # Long recordings
 
 
-def _decode_windows(recognizer, decoder, windows: Iterable[tuple[float, torch.Tensor]]
+def _decode_windows(recognizer, decoder, windows: Iterable[tuple[float, np.ndarray]]
                     ) -> Iterator[tuple[float, float, list[Word]]]:
     """Decode `(start, waveform)` windows one at a time into `(start, end, words)`, word times from the recording's
     start."""
     for start, wave in windows:
         (hypothesis,) = _decode_waves(recognizer, decoder, [wave])
-        yield start, start + wave.numel() / SAMPLE_RATE, [_shifted(word, start) for word in hypothesis.words]
+        yield start, start + wave.size / SAMPLE_RATE, [_shifted(word, start) for word in hypothesis.words]
 
 
-def _slide_windows(wave: torch.Tensor, chunk_seconds: float,
-                   overlap_seconds: float) -> Iterator[tuple[float, torch.Tensor]]:
-    """The windows `asr.audio.stream_audio` would read from a file holding `wave`, as views of it."""
+def _slide_windows(wave: np.ndarray, chunk_seconds: float,
+                   overlap_seconds: float) -> Iterator[tuple[float, np.ndarray]]:
+    """The windows `asr.audio.stream_samples` would read from a file holding `wave`, as views of it."""
     chunk = round(chunk_seconds * SAMPLE_RATE)
     overlap = round(overlap_seconds * SAMPLE_RATE)
     if chunk < 1 or not 0 <= overlap < chunk:
         raise ValueError(f"need chunk_seconds > 0 and 0 <= overlap_seconds < chunk_seconds, "
                          f"got chunk_seconds={chunk_seconds}, overlap_seconds={overlap_seconds}")
     start = 0
-    while start + chunk <= wave.numel():
+    while start + chunk <= wave.size:
         yield start / SAMPLE_RATE, wave[start:start + chunk]
         start += chunk - overlap
     # The rest, unless the last full window already reached the end.
-    if wave.numel() - start > overlap or start == 0:
+    if wave.size - start > overlap or start == 0:
         yield start / SAMPLE_RATE, wave[start:]
 
 

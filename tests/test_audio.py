@@ -8,7 +8,8 @@ import scipy.signal
 import soundfile
 import torch
 
-from asr.audio import SAMPLE_RATE, AudioInfo, audio_info, load_audio, resample, stream_audio
+from asr.audio import (SAMPLE_RATE, AudioInfo, audio_info, load_audio, load_samples, resample, stream_audio,
+                       stream_samples)
 from asr.errors import AudioError
 
 LIBRISPEECH_FLAC = "LibriSpeech/test-clean/1089/134686/1089-134686-0001.flac"
@@ -93,6 +94,16 @@ def test_downsampling_removes_frequencies_above_the_new_nyquist_instead_of_alias
     # A 10 kHz tone at 44.1 kHz would alias to 6 kHz if decimated naively; at 16 kHz it must vanish.
     tone = torch.from_numpy(sine(10000.0, 1.0, 44100))
     assert resample(tone, 44100, 16000)[1000:-1000].abs().max() < 1e-3
+
+
+def test_resample_gives_back_the_kind_it_is_given():
+    wave = sine(440, 0.5, 8000)
+    resampled = resample(wave, 8000, 16000)
+    assert isinstance(resampled, np.ndarray) and resampled.dtype == np.float32
+    np.testing.assert_array_equal(resampled, resample(torch.from_numpy(wave), 8000, 16000).numpy())
+    assert resample(wave.astype(np.float64), 16000, 16000).dtype == np.float32
+    with pytest.raises(ValueError, match="1-D"):
+        resample(np.zeros((2, 800), np.float32), 8000, 16000)
 
 
 def test_resample_returns_float32_and_rejects_batches():
@@ -284,3 +295,17 @@ def test_stream_audio_memory_stays_bounded_by_the_chunk_size(tmp_path):
 def test_stream_audio_rejects_an_overlap_as_long_as_the_chunk(original_formats):
     with pytest.raises(ValueError, match="overlap_seconds"):
         next(stream_audio(original_formats / "LJ001-0002.wav", chunk_seconds=1.0, overlap_seconds=1.0))
+
+
+def test_numpy_samples_are_the_tensors_samples(original_formats):
+    """load_samples and stream_samples (numpy, no torch needed) hold exactly what load_audio and stream_audio do."""
+    path = original_formats / "LJ001-0002.wav"  # 22.05 kHz: resampled
+    samples = load_samples(path)
+    assert isinstance(samples, np.ndarray) and samples.dtype == np.float32
+    np.testing.assert_array_equal(samples, load_audio(path).numpy())
+    streamed = list(stream_samples(path, chunk_seconds=0.5, overlap_seconds=0.125))
+    as_tensors = list(stream_audio(path, chunk_seconds=0.5, overlap_seconds=0.125))
+    assert [start for start, _ in streamed] == [start for start, _ in as_tensors]
+    for (_, chunk), (_, tensor) in zip(streamed, as_tensors):
+        assert isinstance(chunk, np.ndarray)
+        np.testing.assert_array_equal(chunk, tensor.numpy())

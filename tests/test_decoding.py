@@ -148,6 +148,18 @@ def test_greedy_word_pieces_start_words_at_the_word_start_mark():
         ("CAT", 0.0, pytest.approx(2 * SHIFT)), ("SAD", pytest.approx(3 * SHIFT), pytest.approx(6 * SHIFT))]
 
 
+def test_greedy_decodes_numpy_arrays_as_it_does_tensors():
+    """An ONNX Runtime model's output is numpy: the same hypotheses, scores, times and confidences."""
+    log_probs = (3 * torch.randn(2, 9, len(CHAR.tokens), generator=torch.Generator().manual_seed(0))).log_softmax(-1)
+    lengths = torch.tensor([9, 6])
+    from_tensors = GreedyDecoder(CHAR, SHIFT).decode(log_probs, lengths)
+    from_arrays = GreedyDecoder(CHAR, SHIFT).decode(log_probs.numpy(), lengths.numpy())
+    assert [h.text for h in from_arrays] == [h.text for h in from_tensors] and from_tensors[0].text
+    assert [h.tokens for h in from_arrays] == [h.tokens for h in from_tensors]
+    assert [h.words for h in from_arrays] == [h.words for h in from_tensors]
+    assert [h.score for h in from_arrays] == pytest.approx([h.score for h in from_tensors], abs=1e-5)
+
+
 def test_unknown_tokenizer_kind_is_refused():
     class Phones(FakeCharTokenizer):
         kind = "phone"
@@ -196,6 +208,17 @@ def test_prefix_beam_search_agrees_with_flashlight_and_brute_force(seed):
     expected = brute_force_best_labeling(log_probs)
     assert prefix_beam_search(log_probs, beam_size=500) == expected
     assert flashlight.decode(log_probs[None], torch.tensor([6]))[0].tokens == expected
+
+
+def test_beam_search_takes_numpy_arrays():
+    first = path_log_probs(CHAR, ["_", "C", "A", "A", "_", "T", "_"])
+    batch = torch.stack([first, first])
+    decoder = BeamSearchDecoder(CHAR, frame_shift=SHIFT)
+    expected = decoder.decode(batch, torch.tensor([7, 5]))
+    got = decoder.decode(batch.numpy(), torch.tensor([7, 5]).numpy())
+    assert [(h.text, h.tokens, h.words) for h in got] == [(h.text, h.tokens, h.words) for h in expected]
+    # Flashlight's scores of one input vary by about 1% from call to call (seen with tensors alone too).
+    assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=0.05)
 
 
 def test_beam_search_batch_with_lengths_and_word_times():

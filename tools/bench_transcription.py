@@ -12,15 +12,19 @@ from the LJSpeech text of the shared data (its lexicon spelled by the model's to
 Whole process (a fresh Python process each, start-up, imports and model loading included; wall time and CPU time):
   asr greedy          asr transcribe FILES (its defaults: fp32, greedy, batches by length)
   asr greedy int8     asr transcribe --quantize int8 FILES
+  asr greedy ONNX     asr transcribe --model model.onnx FILES: `asr export`'s graph on ONNX Runtime (asr.onnx_model),
+                      torch never imported
   asr greedy, spin    (with --spin) asr transcribe with OMP_WAIT_POLICY=ACTIVE: idle threads spin instead of
                       sleeping, as they did before `asr transcribe` set the policy; slow on a busy CPU
+  asr greedy ONNX, spin  (with --spin) the same for ONNX Runtime's threads, which follow that variable too
   asr beam + LM       asr transcribe --lm LM FILES
   pocketsphinx        pocketsphinx 5 in Python, its bundled en-us model, one Decoder over the files one by one
 In process (model loaded, one warm-up batch; asr.transcribe.transcribe_files with greedy decoding, so audio
 loading, batching and decoding are in; start-up is not):
-  fp32 · int8 · 1 thread · batch 1 (no batching by length) · ONNX Runtime (`asr export`'s graph) · TorchScript
+  fp32 · int8 · 1 thread · batch 1 (no batching by length) · ONNX Runtime (asr.onnx_model.OnnxRecognizer over
+  `asr export`'s graph; with its idle threads sleeping, as under asr transcribe, and spinning) · TorchScript
 and model loading: asr.checkpoint.load_model beside building the model with random initialization first (what
-load_model did before). Each variant's transcripts are compared with fp32's, and its log-probabilities on one batch.
+load_model did before); start-up: importing torch (and onnxruntime), and `asr transcribe` of the shortest file. Each variant's transcripts are compared with fp32's, and its log-probabilities on one batch.
 With --digits-model (default: recipes/digits/exp/digits/model.pt, when it exists) the WER of fp32 and int8 on the
 digits test set is reported too.
 
@@ -58,6 +62,7 @@ from asr.export import export_onnx, exportable, quantize_int8
 from asr.features import FeatureConfig, estimate_cmvn
 from asr.lm import build_arpa
 from asr.model import ModelConfig
+from asr.onnx_model import OnnxRecognizer
 from asr.recognizer import Recognizer
 from asr.text import normalize_text, tokenizer_from_dict
 from asr.train import build_tokenizer
@@ -115,18 +120,24 @@ def write_model(path: Path, quick: bool) -> Recognizer:
 # Whole processes
 
 
-def whole_process_cases(model: Path, lm: Path, files: list[Path], threads: int, pocketsphinx: bool,
-                        spin: bool) -> dict:
-    """name → (command, extra environment) of each whole-process case."""
-    asr = [sys.executable, "-m", "asr", "transcribe", "--model", str(model), "--threads", str(threads)]
+def whole_process_cases(model: Path, onnx_model: Path | None, lm: Path, files: list[Path], threads: int,
+                        pocketsphinx: bool, spin: bool) -> dict:
+    """name → (command, extra environment) of each whole-process case (the ONNX ones when `onnx_model` is given)."""
+    def asr(model_path: Path) -> list[str]:
+        return [sys.executable, "-m", "asr", "transcribe", "--model", str(model_path), "--threads", str(threads)]
+
     names = [str(f) for f in files]
     cases = {
-        "asr greedy": (asr + names, {}),
-        "asr greedy int8": (asr + ["--quantize", "int8"] + names, {}),
-        "asr beam + LM": (asr + ["--lm", str(lm)] + names, {}),
+        "asr greedy": (asr(model) + names, {}),
+        "asr greedy int8": (asr(model) + ["--quantize", "int8"] + names, {}),
+        "asr beam + LM": (asr(model) + ["--lm", str(lm)] + names, {}),
     }
+    if onnx_model is not None:
+        cases["asr greedy ONNX"] = (asr(onnx_model) + names, {})
     if spin:
-        cases["asr greedy, spin"] = (asr + names, {"OMP_WAIT_POLICY": "ACTIVE"})
+        cases["asr greedy, spin"] = (asr(model) + names, {"OMP_WAIT_POLICY": "ACTIVE"})
+        if onnx_model is not None:
+            cases["asr greedy ONNX, spin"] = (asr(onnx_model) + names, {"OMP_WAIT_POLICY": "ACTIVE"})
     if pocketsphinx:
         cases["pocketsphinx"] = ([sys.executable, "-c", POCKETSPHINX] + names, {})
     return cases
@@ -149,13 +160,17 @@ def run_process(command: list[str], extra_env: dict) -> tuple[float, float, list
     return wall, cpu, process.stdout.splitlines()
 
 
-def start_up(model: Path, files: list[Path], repeats: int) -> dict:
-    """Median wall seconds of starting Python and importing torch, and of `asr transcribe` on the shortest file:
-    what every whole-process run pays before its audio."""
+def start_up(model: Path, onnx_model: Path | None, files: list[Path], repeats: int) -> dict:
+    """Median wall seconds of starting Python and importing torch (and onnxruntime), and of `asr transcribe` on the
+    shortest file (with the ONNX model too): what every whole-process run pays before its audio."""
     shortest = min(files, key=lambda f: audio_info(f).duration)
+    transcribe = f"asr transcribe {shortest.name} ({audio_info(shortest).duration:.1f} s)"
     commands = {"python -c 'import torch'": ([sys.executable, "-c", "import torch"], {}),
-                f"asr transcribe {shortest.name} ({audio_info(shortest).duration:.1f} s)":
-                    ([sys.executable, "-m", "asr", "transcribe", "--model", str(model), str(shortest)], {})}
+                transcribe: ([sys.executable, "-m", "asr", "transcribe", "--model", str(model), str(shortest)], {})}
+    if onnx_model is not None:
+        commands["python -c 'import onnxruntime'"] = ([sys.executable, "-c", "import onnxruntime"], {})
+        commands[f"{transcribe}, ONNX"] = ([sys.executable, "-m", "asr", "transcribe", "--model", str(onnx_model),
+                                            str(shortest)], {})
     rounds = take_turns(commands, repeats, lambda command: run_process(*command))
     return {name: round(statistics.median(r[0] for r in results), 2) for name, results in rounds.items()}
 
@@ -172,25 +187,6 @@ def take_turns(cases: dict, repeats: int, run_case) -> dict[str, list]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # In process
-
-
-class OnnxRecognizer(nn.Module):
-    """An ONNX Runtime session of `asr export`'s graph, usable where asr.transcribe expects a Recognizer."""
-
-    def __init__(self, path: Path, recognizer: Recognizer, threads: int):
-        super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.tokenizer = recognizer.tokenizer
-        self.frame_shift = recognizer.frame_shift
-        self.device = torch.device("cpu")
-
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_probs, lengths = self.session.run(None, {"audio": audio.numpy(), "audio_lengths": audio_lengths.numpy()})
-        return torch.from_numpy(log_probs), torch.from_numpy(lengths)
 
 
 class TracedRecognizer(nn.Module):
@@ -222,7 +218,10 @@ def in_process_variants(model_path: Path, onnx_path: Path | None, threads: int) 
         "TorchScript": (TracedRecognizer(recognizer), threads, {}),
     }
     if onnx_path is not None:
-        variants["ONNX Runtime"] = (OnnxRecognizer(onnx_path, recognizer, threads), threads, {})
+        variants["ONNX Runtime"] = (OnnxRecognizer(onnx_path, threads=threads), threads, {})
+        # Its threads sleep when idle here (this process sets OMP_WAIT_POLICY=PASSIVE, as asr transcribe does);
+        # ONNX Runtime's own default is to spin. Which is faster depends on how busy the CPU is: both are measured.
+        variants["ONNX Runtime, spin"] = (OnnxRecognizer(onnx_path, threads=threads, spin=True), threads, {})
     return variants
 
 
@@ -247,7 +246,10 @@ def largest_log_prob_change(variant, reference: Recognizer, files: list[Path]) -
     with torch.inference_mode():
         expected, out_lengths = reference(batch, lengths)
         torch.set_num_threads(threads)
-        got, _ = recognizer(batch, lengths)
+        if isinstance(recognizer, OnnxRecognizer):  # numpy in and out
+            got = torch.from_numpy(recognizer(batch.numpy(), lengths.numpy())[0])
+        else:
+            got, _ = recognizer(batch, lengths)
     valid = torch.arange(expected.size(1))[None, :] < out_lengths[:, None]
     return float((got - expected).abs()[valid].max())
 
@@ -327,12 +329,15 @@ def run(args) -> dict:
         if onnx:
             export_onnx(recognizer, onnx_path)
 
-        cases = whole_process_cases(model_path, lm_path, files, args.threads, pocketsphinx, args.spin)
+        cases = whole_process_cases(model_path, onnx_path if onnx else None, lm_path, files, args.threads,
+                                    pocketsphinx, args.spin)
         rounds = take_turns(cases, args.repeats, lambda case: run_process(*case))
         reference = rounds["asr greedy"][0][2]
         report["whole_process"] = [summarize(name, rounds[name], audio_seconds,
                                              reference if name.startswith("asr greedy") else None)
                                    for name in cases]
+        if not onnx:
+            report["whole_process"].append({"case": "asr greedy ONNX", "status": "not installed"})
         if not pocketsphinx:
             report["whole_process"].append({"case": "pocketsphinx", "status": "not installed"})
 
@@ -349,7 +354,7 @@ def run(args) -> dict:
         if not onnx:
             report["in_process"].append({"case": "ONNX Runtime", "status": "not installed"})
         report["model_loading_seconds"] = model_loading(model_path, max(3, args.repeats))
-        report["start_up_seconds"] = start_up(model_path, files, max(3, args.repeats))
+        report["start_up_seconds"] = start_up(model_path, onnx_path if onnx else None, files, max(3, args.repeats))
     if args.quick:
         report["digits_wer"] = {"status": "not measured at the quick size"}
     elif Path(args.digits_model).is_file():
@@ -376,16 +381,16 @@ def print_report(report: dict) -> None:
           f"threads · median of {report['repeats']} · torch {report['torch']} · {report['model']}")
     for section, reference in (("whole_process", "pocketsphinx"), ("in_process", "fp32")):
         print(f"{section.replace('_', ' ')}:")
-        print(f"  {'case':<20} {'median s':>9} {'RTF':>7} {'CPU s/s':>8} {'speed vs ' + reference:>18} "
+        print(f"  {'case':<22} {'median s':>9} {'RTF':>7} {'CPU s/s':>8} {'speed vs ' + reference:>18} "
               f"{'same text':>9} {'max Δ log p':>11}")
         for row in report[section]:
             if "status" in row:
-                print(f"  {row['case']:<20} {row['status']}")
+                print(f"  {row['case']:<22} {row['status']}")
                 continue
             ratio = row.get(f"speed_vs_{reference.replace(' ', '_')}")
             same = row.get("same_text_as_fp32")
             change = row.get("largest_log_prob_change")
-            print(f"  {row['case']:<20} {row['median_seconds']:>9.2f} {row['rtf']:>7.4f} "
+            print(f"  {row['case']:<22} {row['median_seconds']:>9.2f} {row['rtf']:>7.4f} "
                   f"{row['cpu_seconds_per_audio_second']:>8.4f} {'' if ratio is None else f'{ratio:.2f}×':>18} "
                   f"{'' if same is None else f'{same:.0%}':>9} {'' if change is None else f'{change:.2g}':>11}")
     loading = report["model_loading_seconds"]
