@@ -229,8 +229,10 @@ class Trainer:
         if not config.data.train:
             raise ConfigError("data.train: no training manifest given")
         train_utts = read_manifest(config.data.train)
-        self.tokenizer = (tokenizer_from_dict(payload["tokenizer"]) if payload
-                          else build_tokenizer(config, [u.text for u in train_utts]))
+        if payload:
+            self.tokenizer = tokenizer_from_dict(payload["tokenizer"])
+        else:
+            self.tokenizer = self._rank0_tokenizer(config, [u.text for u in train_utts])
         self.train_utts = usable_utterances(train_utts, self.tokenizer, config, self.skips)
         if not self.train_utts:
             raise AsrError(f"{config.data.train}: no usable training utterances ({self.skips.summary()})")
@@ -395,6 +397,16 @@ class Trainer:
         flag = torch.tensor([0.0 if ok else 1.0], device=self.procs.device)
         dist.all_reduce(flag)
         return flag.item() == 0
+
+    def _rank0_tokenizer(self, config: ExperimentConfig, train_texts: list[str]):
+        """The tokenizer built by rank 0, on every rank. Nothing guarantees that sentencepiece, run once a rank, gives
+        every rank the same pieces in the same order; if it did not, the replicas would train one output layer on
+        different meanings of each token, silently."""
+        if self.procs.world_size == 1:
+            return build_tokenizer(config, train_texts)
+        built = [build_tokenizer(config, train_texts).to_dict() if self.procs.is_main else None]
+        dist.broadcast_object_list(built, src=0)
+        return tokenizer_from_dict(built[0])
 
     def _share_elapsed(self) -> None:
         """Every rank takes rank 0's training time: the time budget must end all ranks at the same step, and the

@@ -1,4 +1,5 @@
 """The trainer on real speech: it learns, it resumes exactly, it runs under torchrun with two gloo processes."""
+import json
 import os
 import re
 import subprocess
@@ -185,3 +186,36 @@ def test_under_torchrun_every_rank_takes_rank_zeros_training_time(tmp_path):
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["100.0", "100.0"]
+
+
+RANK0_TOKENIZER_SCRIPT = """
+import json, sys, types
+import torch, torch.distributed as dist
+from asr.config import load_config
+from asr.train import Trainer
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+trainer = types.SimpleNamespace(procs=types.SimpleNamespace(world_size=2, is_main=rank == 0))
+config = load_config(None, ["tokenizer.kind=bpe", "tokenizer.vocab_size=18"])
+# The ranks see different texts, so their own sentencepiece runs would disagree.
+texts = ["ONE TWO THREE", "FOUR FIVE SIX"] * 50 if rank == 0 else ["SEVEN EIGHT NINE", "ZERO OH"] * 50
+tokenizer = Trainer._rank0_tokenizer(trainer, config, texts)
+with open(f"{sys.argv[1]}/rank{rank}.json", "w") as out:
+    json.dump(tokenizer.tokens, out)
+dist.destroy_process_group()
+"""
+
+
+def test_under_torchrun_every_rank_takes_rank_zeros_tokenizer(tmp_path):
+    """A BPE tokenizer trained once a rank could give the ranks different pieces, and the replicas would then train
+    one output layer on different meanings of each token: the ranks must use rank 0's."""
+    script = tmp_path / "rank0_tokenizer.py"
+    script.write_text(RANK0_TOKENIZER_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokens = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert tokens[0] == tokens[1]
+    assert "X" in tokens[1] and "G" not in tokens[1]  # the letters of rank 0's texts (SIX), not its own (EIGHT)
