@@ -19,7 +19,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.errors import ConfigError
 
-INPUT_FRAMES_PER_SECOND = 100.0  # the frontend's 10 ms hop
 RNN_TYPES = ("gru", "lstm", "gru-lstm")
 RNN_IMPLS = ("cudnn", "reference")
 MERGES = ("concat", "sum")
@@ -342,11 +341,6 @@ class AcousticModel(nn.Module):
         self.encoder = Encoder(config, self.subsampler.output_dim)
         self.head = nn.Linear(self.encoder.output_size, config.vocab_size)
 
-    @property
-    def frame_rate(self) -> float:
-        """Output frames per second, given the frontend's 10 ms hop."""
-        return INPUT_FRAMES_PER_SECOND / self.subsampling_factor
-
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
         """Output frames for each feature length: ⌈T/4⌉."""
         return self.subsampler.output_lengths(feat_lengths)
@@ -364,14 +358,15 @@ class AcousticModel(nn.Module):
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def describe(self) -> str:
-        """One line: size, frame rate and layers."""
+    def describe(self, input_frame_rate: float = 100.0) -> str:
+        """One line: size, output frame rate (for features at `input_frame_rate` a second) and layers."""
         config = self.config
         rnn = {"gru": "GRU", "lstm": "LSTM", "gru-lstm": "GRU/LSTM"}[config.rnn_type]
         if config.rnn_impl == "reference":
             rnn += " (reference cell)"
         norm = ", layer norm" if config.layer_norm else ""
+        frame_rate = input_frame_rate / self.subsampling_factor
         return (f"AcousticModel: {self.num_parameters() / 1e6:.2f}M parameters, {config.input_dim} features → "
-                f"{self.subsampling_factor}× Conv2d subsampling ({self.frame_rate:g} frames/s) → "
+                f"{self.subsampling_factor}× Conv2d subsampling ({frame_rate:g} frames/s) → "
                 f"{config.num_layers} × bidirectional {rnn} {config.hidden_size} ({config.merge}{norm}) → "
                 f"{config.vocab_size} outputs")

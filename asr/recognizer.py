@@ -48,7 +48,8 @@ class Recognizer(nn.Module):
         return self.feature_config.hop_ms / 1000.0 * self.acoustic.subsampling_factor
 
     def describe(self) -> str:
-        return f"{self.acoustic.describe()}; tokenizer {self.tokenizer.kind} ({self.tokenizer.vocab_size} tokens)"
+        acoustic = self.acoustic.describe(input_frame_rate=1000.0 / self.feature_config.hop_ms)
+        return f"{acoustic}; tokenizer {self.tokenizer.kind} ({self.tokenizer.vocab_size} tokens)"
 
     @classmethod
     def from_payload(cls, payload: dict) -> "Recognizer":

@@ -10,7 +10,10 @@ import torch.nn.functional as F
 import yaml
 
 from asr.errors import ConfigError
+from asr.features import FeatureConfig
 from asr.model import AcousticModel, ModelConfig, ReferenceGRU, TorchBiRNN, reverse_within_lengths, uses_packing
+from asr.recognizer import Recognizer
+from asr.text import CharTokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -56,10 +59,18 @@ def test_output_length_formula_matches_what_the_convolutions_produce(kernel):
 def test_frame_rate_subsampling_and_describe():
     model = AcousticModel(small_config(layer_norm=True))
     assert model.subsampling_factor == 4
-    assert model.frame_rate == 25.0
     line = model.describe()
     assert f"{model.num_parameters() / 1e6:.2f}M parameters" in line
     assert "25 frames/s" in line and "2 × bidirectional GRU 12" in line and "layer norm" in line
+    assert "12.5 frames/s" in model.describe(input_frame_rate=50.0)  # features with a 20 ms hop
+
+
+def test_a_recognizer_states_the_frame_rate_of_its_hop():
+    tokenizer = CharTokenizer()
+    config = small_config(input_dim=24, vocab_size=tokenizer.vocab_size)
+    recognizer = Recognizer(config, FeatureConfig(n_mels=24, hop_ms=20.0, normalization="utterance"), tokenizer)
+    assert recognizer.frame_shift == pytest.approx(0.08)
+    assert "12.5 frames/s" in recognizer.describe()
 
 
 def test_reverse_within_lengths_leaves_padding_in_place():
