@@ -1,6 +1,7 @@
 """The digits recipe (recipes/digits/run.sh, what `make demo` runs) end to end on the real FSDD recordings, with a
 training budget of seconds instead of minutes: every stage runs, training under torchrun with two processes, and
 the last stage prints the WERs of both decodings on dev and test."""
+import json
 import os
 import re
 import subprocess
@@ -38,6 +39,30 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
     wer_lines = re.findall(r"^data/(dev|test)\.jsonl: WER (\d+\.\d+)%", result.stdout, re.MULTILINE)
     assert [split for split, _ in wer_lines] == ["dev", "test", "dev", "test"]
     assert all(0 <= float(wer) <= 100 for _, wer in wer_lines)
+
+    # Leaving a training speaker out, in the same work directory: four speakers train, the fifth is scored.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    held_out = subprocess.run(["bash", str(RECIPE / "local" / "hold_out.sh"), "--work-dir", str(tmp_path),
+                               "--speaker", "lucas", "--exp", "loso", "train.max_steps=3", "model.num_layers=1",
+                               "model.hidden_size=16"], env=env, capture_output=True, text=True, timeout=600)
+    assert held_out.returncode == 0, held_out.stdout[-3000:] + held_out.stderr[-3000:]
+    split = tmp_path / "data" / "hold_out_lucas"
+    speakers = {name: {json.loads(line)["speaker"] for line in (split / f"{name}.jsonl").open()}
+                for name in ("train", "held_out")}
+    assert speakers == {"train": {"george", "jackson", "nicolas", "yweweler"}, "held_out": {"lucas"}}
+    assert sum(1 for _ in (split / "held_out.jsonl").open()) == 660  # his 600 training and 60 dev utterances
+    assert re.search(r"held_out\.jsonl: WER \d+\.\d+%", held_out.stdout)
+
+
+def test_holding_out_a_speaker_who_is_not_a_training_speaker_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps({"speaker": "lucas"}) + "\n")
+    (tmp_path / "data" / "dev.jsonl").write_text("")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", str(RECIPE / "local" / "hold_out.sh"), "--work-dir", str(tmp_path),
+                             "--speaker", "theo"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "'theo' is not a training speaker (lucas)" in result.stderr
 
 
 def test_unknown_arguments_are_refused_before_any_work(tmp_path):

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Leave one of the five training speakers out: a way to judge a setting on a voice that training never heard
+# without touching the test speaker (theo), whose WER is reported and never used for a decision. Trains on the
+# training takes of the other four speakers and scores on all of the held-out speaker's takes (660 utterances),
+# which also serve as the trainer's validation set.
+#
+#   bash recipes/digits/local/hold_out.sh --speaker lucas --exp loso_lucas [--work-dir DIR] [--config C.yaml]
+#                                         [section.key=value ...]
+#
+# Needs run.sh's stage 0 (data/) in the work directory. Trains one process of one thread, so that two settings can
+# train side by side on two cores and meet the same machine load.
+set -euo pipefail
+
+recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+work_dir="$recipe_dir"
+config="$recipe_dir/conf/train.yaml"
+speaker=""
+exp=""
+overrides=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --speaker) speaker="$2"; shift 2 ;;
+    --exp) exp="exp/$2"; shift 2 ;;
+    --config) config=$(realpath -m "$2"); shift 2 ;;
+    --work-dir) work_dir=$(realpath -m "$2"); shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *=*) overrides+=("$1"); shift ;;
+    *) echo "hold_out.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$speaker" ] || { echo "hold_out.sh: --speaker is required" >&2; exit 2; }
+exp="${exp:-exp/hold_out_$speaker}"
+cd "$work_dir"
+[ -f data/train.jsonl ] || { echo "hold_out.sh: $work_dir/data/train.jsonl missing: run run.sh --stop-stage 0 first" >&2; exit 2; }
+
+split="data/hold_out_$speaker"
+mkdir -p "$split"
+ln -sfn ../wav "$split/wav"  # manifests name audio relative to their own folder
+python - "$speaker" "$split" <<'PY'
+import json, sys
+speaker, split = sys.argv[1], sys.argv[2]
+rows = {name: [json.loads(line) for line in open(f"data/{name}.jsonl")] for name in ("train", "dev")}
+speakers = sorted({row["speaker"] for row in rows["train"]})
+if speaker not in speakers:
+    sys.exit(f"hold_out.sh: {speaker!r} is not a training speaker ({', '.join(speakers)})")
+kept = [row for row in rows["train"] if row["speaker"] != speaker]
+held = [row for name in ("train", "dev") for row in rows[name] if row["speaker"] == speaker]
+for name, split_rows in (("train", kept), ("held_out", held)):
+    with open(f"{split}/{name}.jsonl", "w") as out:
+        out.writelines(json.dumps(row) + "\n" for row in split_rows)
+print(f"{split}: train {len(kept)} utterances of {len(speakers) - 1} speakers, held out {len(held)} of {speaker}")
+PY
+
+OMP_NUM_THREADS=1 python -m asr train --config "$config" --out "$exp" data.train="$split/train.jsonl" \
+  data.dev="$split/held_out.jsonl" train.threads=1 "${overrides[@]}"
+python -m asr evaluate --model "$exp/model.pt" --manifest "$split/held_out.jsonl" --out "$exp/decode_held_out"
