@@ -53,7 +53,9 @@ class Composition:
     """How recordings are joined into one utterance; each range is sampled uniformly per utterance or per gap."""
 
     pause_seconds: tuple[float, float] = (0.05, 0.30)  # between two digits: fluent to deliberate
-    edge_silence_seconds: tuple[float, float] = (0.10, 0.30)  # before the first and after the last digit
+    # Before the first and after the last digit. From zero: recordings people transcribe are often trimmed as tightly
+    # as FSDD's own, and a model that never met speech at an utterance's edge missed the words there.
+    edge_silence_seconds: tuple[float, float] = (0.0, 0.30)
     noise_dbfs: tuple[float, float] = (-80.0, -70.0)  # noise floor RMS; the quietest FSDD take is -53 dBFS
     fade_seconds: float = 0.005  # ramps at each clip's edges, short enough to leave the speech untouched
 
