@@ -24,7 +24,8 @@ loading, batching and decoding are in; start-up is not):
   fp32 · int8 · 1 thread · batch 1 (no batching by length) · ONNX Runtime (asr.onnx_model.OnnxRecognizer over
   `asr export`'s graph; with its idle threads sleeping, as under asr transcribe, and spinning) · TorchScript
 and model loading: asr.checkpoint.load_model beside building the model with random initialization first (what
-load_model did before); start-up: importing torch (and onnxruntime), and `asr transcribe` of the shortest file. Each variant's transcripts are compared with fp32's, and its log-probabilities on one batch.
+load_model did before); start-up: importing torch (and onnxruntime), and `asr transcribe` of the shortest file.
+Each variant's transcripts are compared with fp32's, and its log-probabilities on one batch.
 With --digits-model (default: recipes/digits/exp/digits/model.pt, when it exists) the WER of fp32 and int8 on the
 digits test set is reported too.
 
