@@ -160,6 +160,17 @@ def test_ddp_with_two_gloo_processes(tmp_path, fsdd_dir):
     assert read_plain_data(tmp_path / "exp" / "model.pt")["metadata"]["dev_wer"] is not None
 
 
+def run_on_two_gloo_ranks(script_text: str, folder: Path) -> None:
+    """Run a script under torchrun as two CPU processes, with `folder` as its argument (where each rank writes)."""
+    script = folder / "script.py"
+    script.write_text(script_text)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 SHARE_ELAPSED_SCRIPT = """
 import sys, types
 import torch, torch.distributed as dist
@@ -178,13 +189,7 @@ dist.destroy_process_group()
 def test_under_torchrun_every_rank_takes_rank_zeros_training_time(tmp_path):
     """The time budget and the learning rate decayed by time must agree on every rank: a rank that stopped a step
     early would leave the other waiting in all-reduce forever, and different learning rates split the replicas."""
-    script = tmp_path / "share_elapsed.py"
-    script.write_text(SHARE_ELAPSED_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_on_two_gloo_ranks(SHARE_ELAPSED_SCRIPT, tmp_path)
     assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["100.0", "100.0"]
 
 
@@ -209,13 +214,7 @@ dist.destroy_process_group()
 def test_under_torchrun_every_rank_takes_rank_zeros_tokenizer(tmp_path):
     """A BPE tokenizer trained once a rank could give the ranks different pieces, and the replicas would then train
     one output layer on different meanings of each token: the ranks must use rank 0's."""
-    script = tmp_path / "rank0_tokenizer.py"
-    script.write_text(RANK0_TOKENIZER_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_on_two_gloo_ranks(RANK0_TOKENIZER_SCRIPT, tmp_path)
     tokens = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert tokens[0] == tokens[1]
     assert "X" in tokens[1] and "G" not in tokens[1]  # the letters of rank 0's texts (SIX), not its own (EIGHT)

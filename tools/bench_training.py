@@ -13,7 +13,8 @@ does: CTC loss, backward, gradient clipping, AdamW with the recipe's settings.
 
 Model only (the batches' audio already in memory, features by asr.features.Frontend on the device for every system):
   asr     the toolkit's model, as the recipe configures it (recipes/librispeech/conf/train_100.yaml for `default`,
-          recipes/digits/conf/train.yaml for `digits`)
+          recipes/digits/conf/train.yaml for `digits`, with characters instead of its word pieces, which cannot
+          spell the English text of the batches)
   espnet  ESPnet's RNNEncoder (rnn_type gru, bidirectional, the recipe's layers and units, its default projection
           and subsampling) with its CTC; a benchmark-only extra, reported as "not installed" when absent
   plain   the same shape written the usual way: two stride-2 Conv2d, one multi-layer bidirectional nn.GRU over the
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asr.audio import SAMPLE_RATE, load_audio
-from asr.config import ExperimentConfig, load_config
+from asr.config import ExperimentConfig, TokenizerConfig, load_config
 from asr.data.dataset import Batch, SpeechDataset, collate
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.data.sampler import DurationBucketSampler
@@ -366,7 +367,12 @@ def run(args) -> dict:
         specs = []
         for model in args.models:
             tokenizer_path = folder / f"{model}.tokenizer.json"
-            save_tokenizer(build_tokenizer(load_config(RECIPES[model]), texts), tokenizer_path)
+            config = load_config(RECIPES[model])
+            if model == "digits":
+                # Its 28 word pieces (the letters and words of digit names) cannot spell these English sentences;
+                # the 29 characters can, with an output layer of the same size.
+                config.tokenizer = TokenizerConfig(kind="char")
+            save_tokenizer(build_tokenizer(config, texts), tokenizer_path)
             for mode, system in CELLS + tuple(VARIANTS[name] for name in args.variants):
                 specs.append({"model": model, "mode": mode, "system": system, "recipe": str(RECIPES[model]),
                               "tokenizer": str(tokenizer_path), "manifest": str(manifest), "batches": batches,
