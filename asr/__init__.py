@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 def load_model(path, device="cpu"):
     """Load a model file (`model.pt`) into a Recognizer ready to transcribe (see asr.checkpoint.load_model), or an
     ONNX file from `asr export` (`model.onnx`) into an OnnxRecognizer, which runs on the CPU without torch."""
-    if str(path).lower().endswith(".onnx"):
-        from asr.onnx_model import OnnxRecognizer
+    from asr.onnx_model import OnnxRecognizer, is_onnx_model
 
+    if is_onnx_model(path):
         if str(device) != "cpu":
             raise ValueError(f"{path}: an ONNX model runs on the CPU, not {device}")
         return OnnxRecognizer(path)

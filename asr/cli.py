@@ -143,16 +143,13 @@ def cmd_average(args) -> int:
 # transcribe, evaluate, score
 
 
-def _is_onnx(model_path: str) -> bool:
-    """Whether --model names an exported ONNX graph (by its suffix), to be run on ONNX Runtime without torch."""
-    return Path(model_path).suffix.lower() == ".onnx"
-
-
 def _load_recognizer(args):
     """The model of --model. A model file on --device (default: cuda when available), torch limited to --threads CPU
     threads, quantized when --quantize asks; an exported graph (.onnx) on ONNX Runtime with --threads threads, and
     torch never imported."""
-    if _is_onnx(args.model):
+    from asr.onnx_model import is_onnx_model
+
+    if is_onnx_model(args.model):
         return _load_onnx_recognizer(args)
     import torch
 
@@ -225,7 +222,9 @@ def cmd_transcribe(args) -> int:
     from asr.transcribe import OUTPUT_FORMATS, expand_inputs, transcribe_files
 
     if args.plot:
-        if _is_onnx(args.model):
+        from asr.onnx_model import is_onnx_model
+
+        if is_onnx_model(args.model):
             raise AsrError(f"{args.model}: --plot draws the features the model reads, which an ONNX graph keeps "
                            f"inside: plot with the model file it was exported from")
         from asr.plot import plot_transcript  # matplotlib takes half a second to import: only when plotting

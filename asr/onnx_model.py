@@ -33,6 +33,11 @@ ONNX_FORMAT = "asr-onnx"
 ONNX_FORMAT_VERSION = 1
 
 
+def is_onnx_model(path) -> bool:
+    """Whether a model path names an exported graph (by its suffix), to be run here rather than loaded by torch."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def onnx_metadata(tokenizer: Tokenizer, frame_shift: float, description: str,
                   sample_rate: int = SAMPLE_RATE) -> dict[str, str]:
     """The metadata properties an exported graph carries (see the module's docstring)."""

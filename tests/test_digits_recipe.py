@@ -16,10 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "digits"
 
 
-def run_recipe(work_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    """run.sh with data/ and exp/ under work_dir, the python of this test session first on the PATH."""
+def run_recipe(work_dir: Path, *args: str, script: str = "run.sh") -> subprocess.CompletedProcess:
+    """A script of the recipe (run.sh, or local/...) with data/ and exp/ under work_dir, the python of this test
+    session first on the PATH."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    return subprocess.run(["bash", str(RECIPE / "run.sh"), "--work-dir", str(work_dir), *args], env=env,
+    return subprocess.run(["bash", str(RECIPE / script), "--work-dir", str(work_dir), *args], env=env,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -41,10 +42,8 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
     assert all(0 <= float(wer) <= 100 for _, wer in wer_lines)
 
     # Leaving a training speaker out, in the same work directory: four speakers train, the fifth is scored.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    held_out = subprocess.run(["bash", str(RECIPE / "local" / "hold_out.sh"), "--work-dir", str(tmp_path),
-                               "--speaker", "lucas", "--exp", "loso", "train.max_steps=3", "model.num_layers=1",
-                               "model.hidden_size=16"], env=env, capture_output=True, text=True, timeout=600)
+    held_out = run_recipe(tmp_path, "--speaker", "lucas", "--exp", "loso", "train.max_steps=3", "model.num_layers=1",
+                          "model.hidden_size=16", script="local/hold_out.sh")
     assert held_out.returncode == 0, held_out.stdout[-3000:] + held_out.stderr[-3000:]
     split = tmp_path / "data" / "hold_out_lucas"
     speakers = {name: {json.loads(line)["speaker"] for line in (split / f"{name}.jsonl").open()}
@@ -58,9 +57,7 @@ def test_holding_out_a_speaker_who_is_not_a_training_speaker_is_refused(tmp_path
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text(json.dumps({"speaker": "lucas"}) + "\n")
     (tmp_path / "data" / "dev.jsonl").write_text("")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(["bash", str(RECIPE / "local" / "hold_out.sh"), "--work-dir", str(tmp_path),
-                             "--speaker", "theo"], env=env, capture_output=True, text=True, timeout=60)
+    result = run_recipe(tmp_path, "--speaker", "theo", script="local/hold_out.sh")
     assert result.returncode != 0
     assert "'theo' is not a training speaker (lucas)" in result.stderr
 
