@@ -217,7 +217,6 @@ class Trainer:
             log.warning("--resume: no checkpoint in %s, starting from scratch", self.out / "checkpoints")
         if self.procs.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.out / "config.yaml")
         self._setup_logging()
         if self.procs.is_main:
             for leftover in remove_unfinished_writes(self.out / "checkpoints"):
@@ -241,6 +240,8 @@ class Trainer:
         # Model.
         config.model.vocab_size = self.tokenizer.vocab_size
         config.model.input_dim = config.features.n_mels
+        if self.procs.is_main:  # now that it holds what the data decided: the model's input and output sizes
+            save_config(config, self.out / "config.yaml")
         cmvn = None
         if config.features.normalization == "global" and payload is None:
             cmvn = self._cmvn_stats()

@@ -41,25 +41,32 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
     assert [split for split, _ in wer_lines] == ["dev", "test", "dev", "test"]
     assert all(0 <= float(wer) <= 100 for _, wer in wer_lines)
 
-    # Leaving a training speaker out, in the same work directory: four speakers train, the fifth is scored.
-    held_out = run_recipe(tmp_path, "--speaker", "lucas", "--exp", "loso", "train.max_steps=3", "model.num_layers=1",
-                          "model.hidden_size=16", script="local/hold_out.sh")
+    # Leaving training speakers out, in the same work directory: lucas is scored, nicolas is not heard at all, the
+    # other three train.
+    held_out = run_recipe(tmp_path, "--speaker", "lucas", "--drop", "nicolas", "--exp", "loso", "train.max_steps=3",
+                          "model.num_layers=1", "model.hidden_size=16", script="local/hold_out.sh")
     assert held_out.returncode == 0, held_out.stdout[-3000:] + held_out.stderr[-3000:]
-    split = tmp_path / "data" / "hold_out_lucas"
+    split = tmp_path / "data" / "hold_out_lucas_without_nicolas"
     speakers = {name: {json.loads(line)["speaker"] for line in (split / f"{name}.jsonl").open()}
                 for name in ("train", "held_out")}
-    assert speakers == {"train": {"george", "jackson", "nicolas", "yweweler"}, "held_out": {"lucas"}}
+    assert speakers == {"train": {"george", "jackson", "yweweler"}, "held_out": {"lucas"}}
     assert sum(1 for _ in (split / "held_out.jsonl").open()) == 660  # his 600 training and 60 dev utterances
     assert re.search(r"held_out\.jsonl: WER \d+\.\d+%", held_out.stdout)
 
 
-def test_holding_out_a_speaker_who_is_not_a_training_speaker_is_refused(tmp_path):
+@pytest.mark.parametrize("arguments, error", [
+    (["--speaker", "theo"], "'theo' is not a training speaker (jackson, lucas)"),
+    (["--speaker", "lucas", "--drop", "theo"], "'theo' is not a training speaker (jackson, lucas)"),
+    (["--speaker", "lucas", "--drop", "jackson"], "no speaker is left to train on"),
+])
+def test_impossible_speaker_choices_are_refused(tmp_path, arguments, error):
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "train.jsonl").write_text(json.dumps({"speaker": "lucas"}) + "\n")
+    rows = [{"speaker": "lucas"}, {"speaker": "jackson"}]
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "data" / "dev.jsonl").write_text("")
-    result = run_recipe(tmp_path, "--speaker", "theo", script="local/hold_out.sh")
+    result = run_recipe(tmp_path, *arguments, script="local/hold_out.sh")
     assert result.returncode != 0
-    assert "'theo' is not a training speaker (lucas)" in result.stderr
+    assert error in result.stderr
 
 
 def test_unknown_arguments_are_refused_before_any_work(tmp_path):

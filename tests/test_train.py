@@ -102,6 +102,14 @@ def test_same_seed_same_model_different_seed_different_model(tmp_path, fsdd_dir)
     assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"] if runs["a"][k].is_floating_point()), key
 
 
+def test_the_saved_config_holds_the_sizes_the_model_was_built_with(tmp_path, fsdd_dir):
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
+    trainer = Trainer(small_config(manifest, **{"features.n_mels": 40}), tmp_path / "exp", progress=False)
+    saved = load_config(tmp_path / "exp" / "config.yaml")
+    assert saved.model.input_dim == 40 == trainer.model.acoustic.config.input_dim
+    assert saved.model.vocab_size == trainer.tokenizer.vocab_size
+
+
 def test_unusable_utterances_are_skipped_and_listed(tmp_path, fsdd_dir):
     good = fsdd_manifest(fsdd_dir, tmp_path / "good.jsonl", ["1_george_5", "2_george_5"])
     utterances = [Utterance("1_george_5", str(fsdd_dir / "1_george_5.wav"), 0.4, "ONE"),

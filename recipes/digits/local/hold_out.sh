@@ -2,10 +2,11 @@
 # Leave one of the five training speakers out: a way to judge a setting on a voice that training never heard
 # without touching the test speaker (theo), whose WER is reported and never used for a decision. Trains on the
 # training takes of the other four speakers and scores on all of the held-out speaker's takes (660 utterances),
-# which also serve as the trainer's validation set.
+# which also serve as the trainer's validation set. Each `--drop S` leaves one more speaker out of training, unscored:
+# how the held-out speaker's WER depends on which voices training hears.
 #
-#   bash recipes/digits/local/hold_out.sh --speaker lucas --exp loso_lucas [--work-dir DIR] [--config C.yaml]
-#                                         [section.key=value ...]
+#   bash recipes/digits/local/hold_out.sh --speaker lucas --exp loso_lucas [--drop SPEAKER ...] [--work-dir DIR]
+#                                         [--config C.yaml] [section.key=value ...]
 #
 # Needs run.sh's stage 0 (data/) in the work directory. Trains one process of one thread, so that two settings can
 # train side by side on two cores and meet the same machine load.
@@ -15,15 +16,17 @@ recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work_dir="$recipe_dir"
 config="$recipe_dir/conf/train.yaml"
 speaker=""
+dropped=""
 exp=""
 overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --speaker) speaker="$2"; shift 2 ;;
     --exp) exp="exp/$2"; shift 2 ;;
+    --drop) dropped="$dropped,$2"; shift 2 ;;
     --config) config=$(realpath -m "$2"); shift 2 ;;
     --work-dir) work_dir=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "hold_out.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -33,22 +36,29 @@ exp="${exp:-exp/hold_out_$speaker}"
 cd "$work_dir"
 [ -f data/train.jsonl ] || { echo "hold_out.sh: $work_dir/data/train.jsonl missing: run run.sh --stop-stage 0 first" >&2; exit 2; }
 
-split="data/hold_out_$speaker"
+split="data/hold_out_$speaker${dropped//,/_without_}"  # e.g. data/hold_out_lucas_without_nicolas
 mkdir -p "$split"
 ln -sfn ../wav "$split/wav"  # manifests name audio relative to their own folder
-python - "$speaker" "$split" <<'PY'
-import json, sys
-speaker, split = sys.argv[1], sys.argv[2]
+python - "$speaker" "$split" "$dropped" <<'PY'
+import json, os, sys
+speaker, split, dropped = sys.argv[1], sys.argv[2], set(filter(None, sys.argv[3].split(",")))
 rows = {name: [json.loads(line) for line in open(f"data/{name}.jsonl")] for name in ("train", "dev")}
 speakers = sorted({row["speaker"] for row in rows["train"]})
-if speaker not in speakers:
-    sys.exit(f"hold_out.sh: {speaker!r} is not a training speaker ({', '.join(speakers)})")
-kept = [row for row in rows["train"] if row["speaker"] != speaker]
+for name in [speaker, *sorted(dropped)]:
+    if name not in speakers:
+        sys.exit(f"hold_out.sh: {name!r} is not a training speaker ({', '.join(speakers)})")
+trained = set(speakers) - dropped - {speaker}
+if not trained:
+    sys.exit("hold_out.sh: no speaker is left to train on")
+kept = [row for row in rows["train"] if row["speaker"] in trained]
 held = [row for name in ("train", "dev") for row in rows[name] if row["speaker"] == speaker]
 for name, split_rows in (("train", kept), ("held_out", held)):
-    with open(f"{split}/{name}.jsonl", "w") as out:
+    # Written aside and renamed: a second run started beside this one reads a whole file, never a half-written one.
+    with open(f"{split}/{name}.jsonl.{os.getpid()}", "w") as out:
         out.writelines(json.dumps(row) + "\n" for row in split_rows)
-print(f"{split}: train {len(kept)} utterances of {len(speakers) - 1} speakers, held out {len(held)} of {speaker}")
+    os.replace(out.name, f"{split}/{name}.jsonl")
+print(f"{split}: train {len(kept)} utterances of {len(trained)} speakers ({', '.join(sorted(trained))}), "
+      f"held out {len(held)} of {speaker}")
 PY
 
 # The held-out speaker is also the validation set, so the best checkpoint by its WER would flatter the score:
