@@ -32,11 +32,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$speaker" ] || { echo "hold_out.sh: --speaker is required" >&2; exit 2; }
-exp="${exp:-exp/hold_out_$speaker}"
+name="hold_out_$speaker${dropped//,/_without_}"  # e.g. hold_out_lucas_without_nicolas
+exp="${exp:-exp/$name}"
 cd "$work_dir"
 [ -f data/train.jsonl ] || { echo "hold_out.sh: $work_dir/data/train.jsonl missing: run run.sh --stop-stage 0 first" >&2; exit 2; }
 
-split="data/hold_out_$speaker${dropped//,/_without_}"  # e.g. data/hold_out_lucas_without_nicolas
+split="data/$name"
 mkdir -p "$split"
 ln -sfn ../wav "$split/wav"  # manifests name audio relative to their own folder
 python - "$speaker" "$split" "$dropped" <<'PY'
