@@ -52,6 +52,7 @@ class RunsCode:
         return (os.system, ("echo pwned > /tmp/asr-pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the plain pickle's protocol 4
 def test_a_malicious_pickle_is_refused_with_a_clear_message(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "asr-model", "payload": RunsCode()}, path)
