@@ -114,6 +114,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def scales_losses(amp_dtype: torch.dtype | None) -> bool:
+    """Whether training scales its losses (GradScaler): under autocast to either dtype.
+
+    fp16 needs it, its small gradients flushing to zero otherwise. So does bf16 here: under bf16 autocast torch still
+    runs cuDNN's recurrent layers in float16 (aten/src/ATen/cudnn/AutocastRNN.cpp casts their inputs and weights to
+    half, whatever the autocast dtype), and this model is mostly GRUs.
+    """
+    return amp_dtype is not None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Data
 
@@ -275,7 +285,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, config, self._decay_progress(step)))
         self.amp_dtype = autocast_dtype(config.train.precision, self.procs.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=scales_losses(self.amp_dtype))
 
         if payload is not None:
             self._restore(payload)
@@ -350,7 +360,10 @@ class Trainer:
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        else:  # saved while losses were not scaled (bf16 before scales_losses): the scaler starts afresh
+            log.info("the checkpoint's loss scaler was off; scaling losses from GradScaler's initial scale")
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.epoch, self.elapsed = state["step"], state["epoch"], state["elapsed"]

@@ -10,11 +10,11 @@ import pytest
 import soundfile
 import torch
 
-from asr.checkpoint import load_model, read_plain_data
+from asr.checkpoint import load_checkpoint, load_model, read_plain_data
 from asr.config import load_config
 from asr.errors import ConfigError
 from asr.data.manifest import Utterance, write_manifest
-from asr.train import Trainer, lr_factor, train
+from asr.train import Trainer, autocast_dtype, lr_factor, scales_losses, train
 
 DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +126,28 @@ def test_unusable_utterances_are_skipped_and_listed(tmp_path, fsdd_dir):
     assert "missing.wav" in skipped["missing"]
     assert "no usable characters" in skipped["punctuation"]
     assert "too long" in skipped["too_long_text"]
+
+
+@pytest.mark.parametrize("precision, device, scaled", [
+    ("bf16", "cuda", True),  # cuDNN's GRUs run in float16 under bf16 autocast too
+    ("fp16", "cuda", True),
+    ("fp32", "cuda", False),
+    ("bf16", "cpu", False),  # no autocast on the CPU at all
+])
+def test_losses_are_scaled_whenever_the_grus_run_in_half_precision(precision, device, scaled):
+    assert scales_losses(autocast_dtype(precision, torch.device(device))) is scaled
+
+
+def test_a_checkpoint_saved_without_loss_scaling_resumes_with_it(tmp_path, fsdd_dir):
+    # A bf16 run checkpointed before bf16 scaled its losses, resumed by this version: GradScaler would refuse the
+    # checkpoint's empty state. Scaling is CUDA-only in the trainer, so a CPU scaler stands in for the GPU's.
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
+    train(small_config(manifest, **{"train.max_steps": 2}), tmp_path / "exp", progress=False)
+    trainer = Trainer(small_config(manifest, **{"train.max_steps": 2}), tmp_path / "exp", progress=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    checkpoint = trainer._latest_checkpoint()
+    trainer._restore(load_checkpoint(checkpoint))
+    assert trainer.step == 2 and trainer.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
 
 
 def test_warmup_then_cosine_decay():

@@ -6,10 +6,10 @@
 Synthetic audio (white noise) with LibriSpeech's duration distribution is cut into batches by the toolkit's own
 DurationBucketSampler, with recipes/librispeech/conf/train_100.yaml's 2400 padded seconds a batch. For each precision
 the default model (5 × 512 bidirectional GRU over 256 BPE pieces, 22.5 M parameters) takes a few warm-up steps, then
-`--steps` timed ones, each as asr.train takes it: forward under autocast, CTC in fp32, backward, gradient clipping,
-AdamW. Printed: audio seconds trained per wall second, peak memory, and at that rate the time of one epoch of
-train-clean-100 (100.6 h) and of all of LibriSpeech (960 h). Data loading is not included: the trainer's workers
-decode audio on the CPU cores while the GPU computes.
+`--steps` timed ones, each as asr.train takes it: forward under autocast, CTC in fp32, backward (losses scaled under
+autocast), gradient clipping, AdamW. Printed: audio seconds trained per wall second, peak memory, and at that rate
+the time of one epoch of train-clean-100 (100.6 h) and of all of LibriSpeech (960 h). Data loading is not included:
+the trainer's workers decode audio on the CPU cores while the GPU computes.
 
 Only torch, torchaudio and this repository are needed. The features are torchaudio's MelSpectrogram with
 asr.features.LogMel's settings, because asr.features imports the audio-file libraries (soundfile, soxr) that a bare
@@ -128,6 +128,8 @@ def measure(precision: str, model_config: ModelConfig, batches: list[list[float]
     frontend = MelFrontend().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     amp_dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]
+    # Losses scaled under autocast, as asr.train.scales_losses does (cuDNN runs the GRUs in fp16 under bf16 too).
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is not None and device.type == "cuda")
     generator = torch.Generator().manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -141,9 +143,11 @@ def measure(precision: str, model_config: ModelConfig, batches: list[list[float]
             log_probs, out_lengths = model(*frontend(audio, audio_lengths))
         loss = F.ctc_loss(log_probs.float().transpose(0, 1), tokens, out_lengths, token_lengths, blank=0,
                           reduction="mean", zero_infinity=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         if index >= warmup:
