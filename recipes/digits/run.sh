@@ -15,6 +15,8 @@
 # own data.max_seconds batches, so a step averages the gradients of both.
 # --work-dir DIR: where data/ and exp/ go (default: this recipe's folder).
 set -euo pipefail
+# One block, read whole before it runs: editing this file while it trains cannot change what the run does next.
+{
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(cd "$recipe_dir/../.." && pwd)
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
     --config) config=$(realpath -m "$2"); shift 2 ;;
     --procs) procs="$2"; shift 2 ;;
     --work-dir) work_dir=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -90,3 +92,5 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   asr evaluate --model "$exp/model.pt" --manifest data/dev.jsonl data/test.jsonl --out "$exp/decode_lexicon" \
     --lm "$exp/digits_bigram.arpa"
 fi
+exit
+}

@@ -36,6 +36,8 @@
 #   --tune-utterances N  utterances of each dev set the grid is decoded on (default 400; 0: all)
 #   --work-dir DIR       where data/ and exp/ go (default: this recipe's folder)
 set -euo pipefail
+# One block, read whole before it runs: editing this file while it trains cannot change what the run does next.
+{
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(cd "$recipe_dir/../.." && pwd)
@@ -253,3 +255,5 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   say "stage 8: report"
   asr report "$exp"
 fi
+exit
+}

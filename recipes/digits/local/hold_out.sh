@@ -11,6 +11,8 @@
 # Needs run.sh's stage 0 (data/) in the work directory. Trains one process of one thread, so that two settings can
 # train side by side on two cores and meet the same machine load.
 set -euo pipefail
+# One block, read whole before it runs: editing this file while it trains cannot change what the run does next.
+{
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work_dir="$recipe_dir"
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
     --drop) dropped="$dropped,$2"; shift 2 ;;
     --config) config=$(realpath -m "$2"); shift 2 ;;
     --work-dir) work_dir=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "hold_out.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -67,3 +69,5 @@ PY
 OMP_NUM_THREADS=1 python -m asr train --config "$config" --out "$exp" data.train="$split/train.jsonl" \
   data.dev="$split/held_out.jsonl" train.threads=1 train.keep_best=0 "${overrides[@]}"
 python -m asr evaluate --model "$exp/model.pt" --manifest "$split/held_out.jsonl" --out "$exp/decode_held_out"
+exit
+}
