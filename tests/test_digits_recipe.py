@@ -61,7 +61,8 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
 ])
 def test_impossible_speaker_choices_are_refused(tmp_path, arguments, error):
     (tmp_path / "data").mkdir()
-    rows = [{"speaker": "lucas"}, {"speaker": "jackson"}]
+    rows = [{"id": speaker, "audio": f"wav/{speaker}.wav", "duration": 1.0, "text": "ONE", "speaker": speaker}
+            for speaker in ("lucas", "jackson")]
     (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "data" / "dev.jsonl").write_text("")
     result = run_recipe(tmp_path, *arguments, script="local/hold_out.sh")

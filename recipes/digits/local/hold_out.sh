@@ -40,26 +40,23 @@ cd "$work_dir"
 [ -f data/train.jsonl ] || { echo "hold_out.sh: $work_dir/data/train.jsonl missing: run run.sh --stop-stage 0 first" >&2; exit 2; }
 
 split="data/$name"
-mkdir -p "$split"
-ln -sfn ../wav "$split/wav"  # manifests name audio relative to their own folder
 python - "$speaker" "$split" "$dropped" <<'PY'
-import json, os, sys
+import sys
+from asr.data.manifest import read_manifest, write_manifest
 speaker, split, dropped = sys.argv[1], sys.argv[2], set(filter(None, sys.argv[3].split(",")))
-rows = {name: [json.loads(line) for line in open(f"data/{name}.jsonl")] for name in ("train", "dev")}
-speakers = sorted({row["speaker"] for row in rows["train"]})
+utterances = {name: read_manifest(f"data/{name}.jsonl") for name in ("train", "dev")}
+speakers = sorted({utterance.speaker for utterance in utterances["train"]})
 for name in [speaker, *sorted(dropped)]:
     if name not in speakers:
         sys.exit(f"hold_out.sh: {name!r} is not a training speaker ({', '.join(speakers)})")
 trained = set(speakers) - dropped - {speaker}
 if not trained:
     sys.exit("hold_out.sh: no speaker is left to train on")
-kept = [row for row in rows["train"] if row["speaker"] in trained]
-held = [row for name in ("train", "dev") for row in rows[name] if row["speaker"] == speaker]
-for name, split_rows in (("train", kept), ("held_out", held)):
-    # Written aside and renamed: a second run started beside this one reads a whole file, never a half-written one.
-    with open(f"{split}/{name}.jsonl.{os.getpid()}", "w") as out:
-        out.writelines(json.dumps(row) + "\n" for row in split_rows)
-    os.replace(out.name, f"{split}/{name}.jsonl")
+kept = [utterance for utterance in utterances["train"] if utterance.speaker in trained]
+held = [utterance for name in ("train", "dev") for utterance in utterances[name] if utterance.speaker == speaker]
+# Written atomically, so a second run started beside this one never reads half a file; audio stays in data/wav.
+write_manifest(f"{split}/train.jsonl", kept, relative_to="data")
+write_manifest(f"{split}/held_out.jsonl", held, relative_to="data")
 print(f"{split}: train {len(kept)} utterances of {len(trained)} speakers ({', '.join(sorted(trained))}), "
       f"held out {len(held)} of {speaker}")
 PY
