@@ -238,9 +238,11 @@ def cmd_transcribe(args) -> int:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     recognizer = _load_recognizer(args)
     decoder = _decoder(args, recognizer)
+    speaker_cmvn = _one_speaker_cmvn(recognizer, paths, args.model) if args.one_speaker else None
     failed, audio_seconds = 0, 0.0
     for path, transcript in transcribe_files(recognizer, paths, decoder, max_batch_seconds=args.batch_seconds,
-                                             chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty()):
+                                             chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty(),
+                                             speaker_cmvn=speaker_cmvn):
         if isinstance(transcript, AsrError):
             print(f"asr transcribe: error: {transcript}", file=sys.stderr)
             failed += 1
@@ -266,6 +268,25 @@ def cmd_transcribe(args) -> int:
         print(f"asr transcribe: {failed} of {len(paths)} files could not be transcribed", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_speaker_cmvn(recognizer, paths: list[Path], model_path) -> list | None:
+    """For --one-speaker: statistics over all the input files, the same (2, n_mels) array for each; None when no
+    file can be read (transcribing reports each)."""
+    normalization = getattr(getattr(recognizer, "feature_config", None), "normalization", None)
+    if normalization != "speaker":
+        raise AsrError(f"{model_path}: --one-speaker is for models trained with features.normalization: speaker; "
+                       + ("an ONNX graph normalizes each recording by its own statistics" if normalization is None
+                          else f"this one normalizes by {normalization!r}"))
+    from types import SimpleNamespace
+
+    from asr.features import estimate_speaker_cmvn, speaker_cmvn_rows
+
+    inputs = [SimpleNamespace(id=str(path), audio=path, speaker="inputs") for path in paths]
+    statistics = estimate_speaker_cmvn(inputs, recognizer.feature_config, progress=sys.stderr.isatty())
+    if not statistics:
+        return None
+    return [speaker_cmvn_rows(statistics["inputs"]).numpy()] * len(paths)
 
 
 def cmd_evaluate(args) -> int:
@@ -400,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="draw features, CTC posteriors and words of each file into DIR/<name>.png")
     transcribe.add_argument("--chunk-seconds", type=float, default=30.0,
                             help="longer recordings are decoded in overlapping windows this long (default: 30)")
+    transcribe.add_argument("--one-speaker", action="store_true",
+                            help="the inputs are all one speaker's: a model trained with features.normalization: "
+                                 "speaker normalizes them by statistics over all of them (by default, each file by "
+                                 "its own)")
     transcribe.add_argument("--verbose", dest="timings", action="store_true",
                             help="real-time factor and per-file times on stderr")
     transcribe.set_defaults(func=cmd_transcribe)

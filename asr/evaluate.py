@@ -7,6 +7,9 @@ scored as all deletions, as if nothing had been recognized.
 
 With `out_dir`, each set gets `out_dir/<manifest stem>/{hyp.txt, ref.txt, wer.json, per_utt.tsv}` (see
 `asr.scoring.write_report`), and all sets together `results.md` and `results.json`.
+
+A model trained with `features.normalization: speaker` is normalized here as in training: each utterance by the
+statistics of all its speaker's utterances in the manifest (by its own where the manifest names no speaker).
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ def evaluate(recognizer, manifest_paths: Iterable[str | Path], decoder=None, out
         unreadable: dict[str, str] = {}
         transcripts = transcribe_files(recognizer, [utterance.audio for utterance in utterances], decoder,
                                        batch_size=batch_size, max_batch_seconds=max_batch_seconds,
-                                       chunk_seconds=chunk_seconds, progress=progress)
+                                       chunk_seconds=chunk_seconds, progress=progress,
+                                       speaker_cmvn=_speaker_cmvn(recognizer, utterances, progress))
         for utterance, (_, transcript) in zip(utterances, transcripts):  # transcribe_files keeps the order
             if isinstance(transcript, AsrError):
                 unreadable[utterance.id] = str(transcript)
@@ -57,6 +61,21 @@ def evaluate(recognizer, manifest_paths: Iterable[str | Path], decoder=None, out
         (Path(out_dir) / "results.md").write_text(format_markdown(results) + "\n", encoding="utf-8")
         (Path(out_dir) / "results.json").write_text(results_json(results) + "\n", encoding="utf-8")
     return list(results.values())
+
+
+def _speaker_cmvn(recognizer, utterances, progress: bool):
+    """One (2, n_mels) array of speaker statistics an utterance for a model normalized by speaker, else None.
+
+    An utterance whose audio cannot be read gets its speaker's statistics, or zeros and ones when its speaker has
+    none: transcribing will report it unreadable."""
+    feature_config = getattr(recognizer, "feature_config", None)  # an ONNX graph has none: it normalizes alone
+    if feature_config is None or feature_config.normalization != "speaker":
+        return None
+    from asr.features import estimate_speaker_cmvn, speaker_cmvn_rows, speaker_key
+
+    statistics = estimate_speaker_cmvn(utterances, feature_config, progress=progress)
+    missing = {"mean": [0.0] * feature_config.n_mels, "std": [1.0] * feature_config.n_mels}
+    return [speaker_cmvn_rows(statistics.get(speaker_key(utterance), missing)).numpy() for utterance in utterances]
 
 
 def _check_report_folders(manifest_paths: list[Path]) -> None:

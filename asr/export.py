@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -29,6 +30,8 @@ from torch import nn
 from asr.errors import AsrError
 from asr.features import LogMel
 from asr.onnx_model import ONNX_INPUTS, ONNX_OUTPUTS, onnx_metadata
+
+log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 
@@ -100,6 +103,10 @@ def export_onnx(recognizer, path: str | Path, opset: int = ONNX_OPSET) -> Path:
         import onnx  # torch's exporter imports it too; asking first gives the user the fix
     except ImportError as error:
         raise AsrError("exporting to ONNX needs the onnx package: pip install onnx") from error
+    if recognizer.feature_config.normalization == "speaker":
+        log.warning("%s: the model was trained normalized by speaker; the graph normalizes each recording by its "
+                    "own statistics, as `asr transcribe` does the model file (`asr evaluate` needs the model file to "
+                    "normalize by speaker)", path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Two utterances of different lengths, so that nothing specializes to one batch size or to equal lengths.

@@ -4,6 +4,7 @@ The `Frontend` module chains the parts, each usable alone:
   LogMel           padded batch of 16 kHz waveforms -> (B, T, n_mels) log-mel energies, T = 1 + samples // hop
   GlobalCMVN       subtract the training set's mean, divide by its standard deviation (from `estimate_cmvn`)
   utterance_cmvn   or the same with each utterance's own statistics
+                   or with each speaker's, passed in beside the batch (from `estimate_speaker_cmvn`)
   SpecAugment      zero random bands of mel channels and of frames (Park et al., 2019), in training only
 `speed_perturb` changes the speed of a waveform before all that (Ko et al., 2015); vocal tract length perturbation
 (`vtlp_warp`, Jaitly and Hinton, 2013) stretches each training utterance's frequency axis inside LogMel.
@@ -27,7 +28,10 @@ from asr.errors import AsrError, AudioError, ConfigError
 
 log = logging.getLogger(__name__)
 
-NORMALIZATIONS = ("global", "utterance", "none")
+# global: the training set's statistics; utterance: each utterance's own; speaker: each speaker's own, over all their
+# utterances in the manifest (Kaldi's per-speaker CMVN), and an utterance's own where no speaker is known (a file
+# given to `asr transcribe`); none: log-mel energies as they are.
+NORMALIZATIONS = ("global", "utterance", "speaker", "none")
 
 # A mel band whose values barely vary in the training data (e.g. above 4 kHz in a corpus of upsampled telephone
 # speech) must not turn the first real energy it sees at test time into a value in the thousands.
@@ -257,36 +261,79 @@ def estimate_cmvn(utterances, cfg: FeatureConfig, max_utterances: int | None = N
         utterances = [utterances[i * len(utterances) // max_utterances] for i in range(max_utterances)]
     if not utterances:
         raise AsrError("cannot estimate CMVN statistics: no utterances given")
+    groups, unreadable = _channel_sums(utterances, cfg, lambda utterance: "all", "CMVN statistics", progress)
+    if not groups:
+        raise AsrError(f"cannot estimate CMVN statistics: the audio of none of the {len(utterances)} utterances "
+                       f"can be read (first: {unreadable[0]})")
+    return groups["all"].statistics()
+
+
+def speaker_key(utterance) -> str:
+    """Whose statistics normalize an utterance under `normalization: speaker`: its speaker's, or its own."""
+    return utterance.speaker if utterance.speaker is not None else f"utterance {utterance.id}"
+
+
+def estimate_speaker_cmvn(utterances, cfg: FeatureConfig, progress: bool = True) -> dict[str, dict]:
+    """`estimate_cmvn`'s statistics for each speaker, over all of that speaker's utterances, keyed by `speaker_key`.
+
+    Utterances whose audio cannot be read are left out and named in a warning; a speaker none of whose audio can be
+    read has no entry (their utterances cannot be loaded either).
+    """
+    groups, _ = _channel_sums(utterances, cfg, speaker_key, "speaker CMVN statistics", progress)
+    return {key: sums.statistics() for key, sums in groups.items()}
+
+
+def speaker_cmvn_rows(statistics: dict) -> torch.Tensor:
+    """(2, n_mels) float32: one speaker's mean and standard deviation, as `Frontend` takes them."""
+    return torch.tensor([statistics["mean"], statistics["std"]], dtype=torch.float32)
+
+
+class _ChannelSums:
+    """Running sums of frames and of their squares, per mel channel."""
+
+    def __init__(self, n_mels: int):
+        # In float64: over 1e8 frames float32 would lose the variance, which is E[x²] - E[x]², a small difference of
+        # two large numbers.
+        self.total = torch.zeros(n_mels, dtype=torch.float64)
+        self.total_of_squares = torch.zeros(n_mels, dtype=torch.float64)
+        self.frames = 0
+        self.utterances = 0
+
+    def add(self, feats: torch.Tensor) -> None:
+        feats = feats.double()
+        self.total += feats.sum(dim=0)
+        self.total_of_squares += feats.square().sum(dim=0)
+        self.frames += len(feats)
+        self.utterances += 1
+
+    def statistics(self) -> dict:
+        mean = self.total / self.frames
+        variance = (self.total_of_squares / self.frames - mean.square()).clamp(min=0)
+        std = variance.sqrt().clamp(min=_MIN_CMVN_STD)
+        return {"mean": mean.tolist(), "std": std.tolist(), "frames": self.frames, "utterances": self.utterances}
+
+
+def _channel_sums(utterances, cfg: FeatureConfig, group_of, description: str,
+                  progress: bool) -> tuple[dict[str, _ChannelSums], list[AudioError]]:
+    """Log-mel sums of `utterances` by `group_of(utterance)`, and the errors of those whose audio cannot be read
+    (named in a warning); a group with no readable utterance has no entry."""
+    utterances = list(utterances)
     logmel = LogMel(cfg)
-    # Sums in float64: over 1e8 frames float32 would lose the variance, which is E[x²] - E[x]², a small difference
-    # of two large numbers.
-    total = torch.zeros(cfg.n_mels, dtype=torch.float64)
-    total_of_squares = torch.zeros(cfg.n_mels, dtype=torch.float64)
-    frames = 0
+    groups: dict[str, _ChannelSums] = {}
     unreadable: list[AudioError] = []
     with torch.inference_mode():
-        for utterance in tqdm(utterances, desc="CMVN statistics", unit="utt", disable=not progress):
+        for utterance in tqdm(utterances, desc=description, unit="utt", disable=not progress):
             try:
                 audio = load_audio(utterance.audio, cfg.sample_rate)
             except AudioError as error:
                 unreadable.append(error)
                 continue
             feats, _ = logmel(audio[None], torch.tensor([len(audio)]))
-            feats = feats[0].double()
-            total += feats.sum(dim=0)
-            total_of_squares += feats.square().sum(dim=0)
-            frames += len(feats)
+            groups.setdefault(group_of(utterance), _ChannelSums(cfg.n_mels)).add(feats[0])
     if unreadable:
-        log.warning("CMVN statistics: left out %d of %d utterances whose audio cannot be read:\n  %s",
+        log.warning("%s: left out %d of %d utterances whose audio cannot be read:\n  %s", description,
                     len(unreadable), len(utterances), "\n  ".join(map(str, unreadable)))
-    if frames == 0:
-        raise AsrError(f"cannot estimate CMVN statistics: the audio of none of the {len(utterances)} utterances "
-                       f"can be read (first: {unreadable[0]})")
-    mean = total / frames
-    variance = (total_of_squares / frames - mean.square()).clamp(min=0)
-    std = variance.sqrt().clamp(min=_MIN_CMVN_STD)
-    return {"mean": mean.tolist(), "std": std.tolist(), "frames": frames,
-            "utterances": len(utterances) - len(unreadable)}
+    return groups, unreadable
 
 
 def save_cmvn(path, stats: dict) -> None:
@@ -428,14 +475,25 @@ class Frontend(nn.Module):
             self.cmvn = GlobalCMVN(cmvn_stats["mean"], cmvn_stats["std"])
         self.specaug = SpecAugment(specaug if specaug is not None else SpecAugmentConfig(enabled=False))
 
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """audio (B, S) and its lengths (B,) -> features (B, T, n_mels) and their lengths (B,)."""
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor,
+                speaker_cmvn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, S) and its lengths (B,) -> features (B, T, n_mels) and their lengths (B,).
+
+        `speaker_cmvn` (B, 2, n_mels), each utterance's speaker's mean and standard deviation (`speaker_cmvn_rows`),
+        is for `normalization: speaker`; without it each utterance is normalized by its own statistics.
+        """
+        if speaker_cmvn is not None and self.cfg.normalization != "speaker":
+            raise ValueError(f"speaker CMVN statistics given to a frontend whose normalization is "
+                             f"{self.cfg.normalization!r}")
         warp_factors = self.specaug.draw_warp_factors(len(audio), audio.device)  # None unless training with VTLP
         feats, feat_lengths = self.logmel(audio, audio_lengths, warp_factors)
         if self.cfg.normalization == "global":
             feats = self.cmvn(feats, feat_lengths)
-        elif self.cfg.normalization == "utterance":
+        elif self.cfg.normalization == "utterance" or (self.cfg.normalization == "speaker" and speaker_cmvn is None):
             feats = utterance_cmvn(feats, feat_lengths)
+        elif self.cfg.normalization == "speaker":
+            speaker_cmvn = speaker_cmvn.to(feats.device, feats.dtype)
+            feats = _zero_padding((feats - speaker_cmvn[:, None, 0]) / speaker_cmvn[:, None, 1], feat_lengths)
         return self.specaug(feats, feat_lengths), feat_lengths
 
 

@@ -33,9 +33,11 @@ class Recognizer(nn.Module):
             self.acoustic = AcousticModel(model_config)
         self.source_path: str | None = None  # the model file it was loaded from, if any
 
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) 16 kHz audio and lengths → (B, T, V) CTC log-probabilities and output lengths."""
-        feats, feat_lengths = self.frontend(audio, audio_lengths)
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor,
+                speaker_cmvn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) 16 kHz audio and lengths → (B, T, V) CTC log-probabilities and output lengths. `speaker_cmvn`: see
+        `Frontend.forward`."""
+        feats, feat_lengths = self.frontend(audio, audio_lengths, speaker_cmvn)
         return self.acoustic(feats, feat_lengths)
 
     @property

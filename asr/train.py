@@ -37,7 +37,7 @@ from asr.data.manifest import read_manifest
 from asr.data.sampler import DurationBucketSampler
 from asr.decoding import GreedyDecoder
 from asr.errors import AsrError, ConfigError
-from asr.features import estimate_cmvn, load_cmvn, save_cmvn
+from asr.features import estimate_cmvn, estimate_speaker_cmvn, load_cmvn, save_cmvn, speaker_key
 from asr.recognizer import Recognizer
 from asr.scoring import score
 from asr.text import BpeTokenizer, CharTokenizer, load_tokenizer, normalize_text, tokenizer_from_dict
@@ -256,6 +256,10 @@ class Trainer:
         if config.features.normalization == "global" and payload is None:
             cmvn = self._cmvn_stats()
         self.model = Recognizer(config.model, config.features, self.tokenizer, config.specaugment, cmvn)
+        self.speaker_cmvn = self.dev_speaker_cmvn = None  # statistics by speaker, under `normalization: speaker`
+        if config.features.normalization == "speaker":
+            self.speaker_cmvn = self._speaker_cmvn_stats("train", self.train_utts)
+            self.dev_speaker_cmvn = self._speaker_cmvn_stats("dev", self.dev_utts)
         self.model.to(self.procs.device)
         self.ddp_model = self.model
         if self.procs.world_size > 1:
@@ -264,7 +268,8 @@ class Trainer:
 
         # Batches: every rank sees its own shard of the same bucketed, shuffled epoch.
         self.dataset = SpeechDataset(self.train_utts, self.tokenizer, speed_factors=tuple(config.data.speed_factors),
-                                     seed=config.train.seed, sample_rate=config.features.sample_rate)
+                                     seed=config.train.seed, sample_rate=config.features.sample_rate,
+                                     speaker_cmvn=self.speaker_cmvn)
         self.sampler = DurationBucketSampler([u.duration for u in self.train_utts], config.data.max_seconds,
                                              seed=config.train.seed, shuffle=True, rank=self.procs.rank,
                                              world_size=self.procs.world_size, sortagrad=config.data.sortagrad)
@@ -340,6 +345,17 @@ class Trainer:
             dist.barrier()
         return load_cmvn(path)
 
+    def _speaker_cmvn_stats(self, name: str, utterances) -> dict[str, dict]:
+        """Each speaker's CMVN statistics over `utterances`, estimated once (rank 0) into exp/NAME/speaker_cmvn_NAME.json
+        and read from there by the other ranks and by a resumed run (again if its manifest has other speakers)."""
+        path = self.out / f"speaker_cmvn_{name}.json"
+        if self.procs.is_main and not (path.exists() and {speaker_key(u) for u in utterances} <= json.loads(
+                path.read_text()).keys()):
+            save_cmvn(path, estimate_speaker_cmvn(utterances, self.config.features, progress=self.progress))
+        if self.procs.world_size > 1:
+            dist.barrier()
+        return json.loads(path.read_text())
+
     def _latest_checkpoint(self) -> Path | None:
         checkpoints = sorted((self.out / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
         return checkpoints[-1] if checkpoints else None
@@ -398,7 +414,7 @@ class Trainer:
 
     def _loss(self, batch) -> torch.Tensor:
         with torch.autocast(self.procs.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
-            log_probs, out_lengths = self.ddp_model(batch.audio, batch.audio_lengths)
+            log_probs, out_lengths = self.ddp_model(batch.audio, batch.audio_lengths, batch.speaker_cmvn)
         # CTC in fp32: its log-sum-exp over long lattices loses too much in half precision. "mean" divides each
         # utterance's loss by its target length, then averages over the batch.
         return F.ctc_loss(log_probs.float().transpose(0, 1), batch.tokens, out_lengths, batch.token_lengths,
@@ -553,7 +569,8 @@ class Trainer:
             return False
         stop = False
         if self.procs.is_main:
-            result = evaluate_loss_and_wer(self.model, self.dev_utts, self.config, progress=self.progress)
+            result = evaluate_loss_and_wer(self.model, self.dev_utts, self.config, progress=self.progress,
+                                           speaker_cmvn=self.dev_speaker_cmvn)
             result.update(step=self.step, epoch=self.epoch)
             self.history.append(result)
             log.info("validation step %d: dev loss %.4f WER %.2f%% CER %.2f%% (%d utterances)", self.step,
@@ -607,11 +624,14 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate_loss_and_wer(model: Recognizer, utterances, config: ExperimentConfig, progress: bool = False) -> dict:
-    """CTC loss and greedy WER/CER of a model on utterances (bucketed batches, no augmentation)."""
+def evaluate_loss_and_wer(model: Recognizer, utterances, config: ExperimentConfig, progress: bool = False,
+                          speaker_cmvn: dict[str, dict] | None = None) -> dict:
+    """CTC loss and greedy WER/CER of a model on utterances (bucketed batches, no augmentation); `speaker_cmvn`:
+    their speakers' statistics (`asr.features.estimate_speaker_cmvn`), for a model normalized by speaker."""
     was_training = model.training
     model.eval()
-    dataset = SpeechDataset(utterances, model.tokenizer, sample_rate=config.features.sample_rate)
+    dataset = SpeechDataset(utterances, model.tokenizer, sample_rate=config.features.sample_rate,
+                            speaker_cmvn=speaker_cmvn)
     sampler = DurationBucketSampler([u.duration for u in utterances], config.data.max_seconds, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=min(2, config.data.num_workers))
@@ -623,7 +643,7 @@ def evaluate_loss_and_wer(model: Recognizer, utterances, config: ExperimentConfi
         if not batch.ids:
             continue
         batch = batch.to(model.device)
-        log_probs, out_lengths = model(batch.audio, batch.audio_lengths)
+        log_probs, out_lengths = model(batch.audio, batch.audio_lengths, batch.speaker_cmvn)
         loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.tokens, out_lengths, batch.token_lengths,
                           blank=0, reduction="mean", zero_infinity=True)
         losses.append(loss.item() * len(batch.ids))

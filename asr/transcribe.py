@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,12 +114,14 @@ def default_decoder(recognizer) -> GreedyDecoder:
 
 
 def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, decoder=None,
-                    chunk_seconds: float = 30.0, overlap_seconds: float = 5.0) -> Transcript:
+                    chunk_seconds: float = 30.0, overlap_seconds: float = 5.0,
+                    speaker_cmvn: np.ndarray | None = None) -> Transcript:
     """Transcribe one recording: a file path, or a 16 kHz mono waveform (S,), a tensor or a numpy array.
 
     Up to `chunk_seconds` the recording is decoded whole; a longer one in windows of `chunk_seconds` overlapping by
     `overlap_seconds`, read from the file one window at a time. `decoder` defaults to greedy decoding. Raises
-    AudioError for a file that cannot be read.
+    AudioError for a file that cannot be read. `speaker_cmvn` (2, n_mels): its speaker's mean and standard
+    deviation, for a model normalized by speaker (without them, by the recording's own).
     """
     decoder = decoder or default_decoder(recognizer)
     started = time.perf_counter()
@@ -129,15 +131,16 @@ def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, d
         name, duration = "<waveform>", audio.size / SAMPLE_RATE
     else:
         name, duration = str(audio), _duration(Path(audio))
+    cmvn_rows = None if speaker_cmvn is None else speaker_cmvn[None]  # a batch of one
     with _evaluation_mode(recognizer):
         if duration <= chunk_seconds:
             wave = audio if is_waveform else load_samples(audio)
-            (hypothesis,) = _decode_waves(recognizer, decoder, [wave])
+            (hypothesis,) = _decode_waves(recognizer, decoder, [wave], cmvn_rows)
             transcript = Transcript(name, hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words))
         else:
             windows = (_slide_windows(audio, chunk_seconds, overlap_seconds) if is_waveform
                        else stream_samples(audio, chunk_seconds, overlap_seconds=overlap_seconds))
-            words = stitch_windows(_decode_windows(recognizer, decoder, windows))
+            words = stitch_windows(_decode_windows(recognizer, decoder, windows, cmvn_rows))
             transcript = Transcript(name, " ".join(word.word for word in words), duration, words)
     transcript.compute_seconds = time.perf_counter() - started
     return transcript
@@ -145,12 +148,14 @@ def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, d
 
 def transcribe_files(recognizer, paths: Iterable[str | Path], decoder=None, batch_size: int = 16,
                      max_batch_seconds: float = 240.0, chunk_seconds: float = 30.0, overlap_seconds: float = 5.0,
-                     progress: bool = False) -> Iterator[tuple[Path, Transcript | AsrError]]:
+                     progress: bool = False, speaker_cmvn: Sequence[np.ndarray] | None = None
+                     ) -> Iterator[tuple[Path, Transcript | AsrError]]:
     """Transcribe many files; yields `(path, Transcript)`, or `(path, AudioError)` for a file that cannot be read,
     in the order of `paths`.
 
     Files up to `chunk_seconds` long go in batches of at most `batch_size` files and `max_batch_seconds` of padded
     audio, shortest first; longer ones are windowed as in `transcribe_file`. Runs on the recognizer's device.
+    `speaker_cmvn`, one (2, n_mels) array a path: the speaker statistics `transcribe_file` takes.
     """
     decoder = decoder or default_decoder(recognizer)
     paths = [Path(p) for p in paths]
@@ -172,12 +177,13 @@ def transcribe_files(recognizer, paths: Iterable[str | Path], decoder=None, batc
         for group in groups:
             if durations[group[0]] > chunk_seconds:
                 try:
-                    results[group[0]] = transcribe_file(recognizer, paths[group[0]], decoder, chunk_seconds,
-                                                        overlap_seconds)
+                    results[group[0]] = transcribe_file(
+                        recognizer, paths[group[0]], decoder, chunk_seconds, overlap_seconds,
+                        None if speaker_cmvn is None else speaker_cmvn[group[0]])
                 except AudioError as error:
                     results[group[0]] = error
             else:
-                results.update(_transcribe_batch(recognizer, decoder, {i: paths[i] for i in group}))
+                results.update(_transcribe_batch(recognizer, decoder, {i: paths[i] for i in group}, speaker_cmvn))
             bar.update(sum(durations[i] for i in group))
             while next_to_yield in results:
                 yield paths[next_to_yield], results.pop(next_to_yield)
@@ -200,7 +206,8 @@ def _plan_batches(indices: list[int], durations: dict[int, float], batch_size: i
     return batches
 
 
-def _transcribe_batch(recognizer, decoder, paths: dict[int, Path]) -> dict[int, Transcript | AsrError]:
+def _transcribe_batch(recognizer, decoder, paths: dict[int, Path],
+                      speaker_cmvn: Sequence[np.ndarray] | None) -> dict[int, Transcript | AsrError]:
     started = time.perf_counter()
     results: dict[int, Transcript | AsrError] = {}
     waves: dict[int, np.ndarray] = {}
@@ -210,7 +217,8 @@ def _transcribe_batch(recognizer, decoder, paths: dict[int, Path]) -> dict[int, 
         except AudioError as error:
             results[index] = error
     if waves:
-        hypotheses = _decode_waves(recognizer, decoder, list(waves.values()))
+        hypotheses = _decode_waves(recognizer, decoder, list(waves.values()),
+                                   None if speaker_cmvn is None else np.stack([speaker_cmvn[i] for i in waves]))
         total_samples = sum(wave.size for wave in waves.values())
         elapsed = time.perf_counter() - started
         for (index, wave), hypothesis in zip(waves.items(), hypotheses):
@@ -219,20 +227,26 @@ def _transcribe_batch(recognizer, decoder, paths: dict[int, Path]) -> dict[int, 
     return results
 
 
-def _decode_waves(recognizer, decoder, waves: list[np.ndarray]) -> list:
+def _decode_waves(recognizer, decoder, waves: list[np.ndarray], speaker_cmvn: np.ndarray | None = None) -> list:
     """Hypotheses for a list of float32 waveforms, decoded as one zero-padded batch: by the ONNX Runtime session as
-    numpy arrays, or by a torch module as tensors on its device."""
+    numpy arrays, or by a torch module as tensors on its device. `speaker_cmvn`: (B, 2, n_mels) or None."""
     lengths = np.array([wave.size for wave in waves], dtype=np.int64)
     batch = np.zeros((len(waves), lengths.max()), dtype=np.float32)
     for row, wave in enumerate(waves):
         batch[row, :wave.size] = wave
     if isinstance(recognizer, OnnxRecognizer):
+        if speaker_cmvn is not None:
+            raise AsrError("an exported ONNX graph normalizes each recording by its own statistics: it cannot take "
+                           "a speaker's; use the model file it was exported from")
         return decoder.decode(*recognizer(batch, lengths))
     import torch  # loaded already: the recognizer is a torch module
 
     with torch.inference_mode():
         device = recognizer.device
-        log_probs, out_lengths = recognizer(torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device))
+        inputs = [torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device)]
+        if speaker_cmvn is not None:  # only then: a recognizer of another normalization takes two arguments
+            inputs.append(torch.from_numpy(speaker_cmvn))
+        log_probs, out_lengths = recognizer(*inputs)
         return decoder.decode(log_probs, out_lengths)
 
 
@@ -254,12 +268,12 @@ def _evaluation_mode(recognizer):
 # Long recordings
 
 
-def _decode_windows(recognizer, decoder, windows: Iterable[tuple[float, np.ndarray]]
-                    ) -> Iterator[tuple[float, float, list[Word]]]:
+def _decode_windows(recognizer, decoder, windows: Iterable[tuple[float, np.ndarray]],
+                    speaker_cmvn: np.ndarray | None = None) -> Iterator[tuple[float, float, list[Word]]]:
     """Decode `(start, waveform)` windows one at a time into `(start, end, words)`, word times from the recording's
-    start."""
+    start; `speaker_cmvn` (1, 2, n_mels) or None."""
     for start, wave in windows:
-        (hypothesis,) = _decode_waves(recognizer, decoder, [wave])
+        (hypothesis,) = _decode_waves(recognizer, decoder, [wave], speaker_cmvn)
         yield start, start + wave.size / SAMPLE_RATE, [_shifted(word, start) for word in hypothesis.words]
 
 

@@ -130,8 +130,20 @@ def test_batch_to_moves_every_tensor_and_keeps_the_rest():
     batch = collate([{"id": "a", "audio": torch.ones(4), "tokens": torch.tensor([3, 4]), "text": "AB"}])
     moved = batch.to("meta")  # a device every machine has: tensors move, nothing is computed
     assert {t.device.type for t in (moved.audio, moved.audio_lengths, moved.tokens, moved.token_lengths)} == {"meta"}
-    assert moved.ids == ["a"] and moved.texts == ["AB"] and moved.skipped == []
+    assert moved.ids == ["a"] and moved.texts == ["AB"] and moved.skipped == [] and moved.speaker_cmvn is None
     assert batch.audio.device.type == "cpu"  # the original is left as it was
+
+
+def test_items_carry_their_speakers_cmvn_statistics_and_collate_stacks_them(utterances):
+    speakers = ["anna", "bert", None]
+    utterances = [Utterance(u.id, u.audio, u.duration, u.text, speaker) for u, speaker in zip(utterances, speakers)]
+    stats = {key: {"mean": [float(index)] * 3, "std": [index + 1.0] * 3}
+             for index, key in enumerate(["anna", "bert", f"utterance {utterances[2].id}"])}
+    dataset = SpeechDataset(utterances, CharTokenizer(), speaker_cmvn=stats)
+    batch = collate([dataset[index] for index in range(3)])
+    assert batch.speaker_cmvn.tolist() == [[[0.0] * 3, [1.0] * 3], [[1.0] * 3, [2.0] * 3], [[2.0] * 3, [3.0] * 3]]
+    assert batch.to("meta").speaker_cmvn.device.type == "meta"
+    assert "speaker_cmvn" not in SpeechDataset(utterances, CharTokenizer())[0]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")

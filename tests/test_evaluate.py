@@ -13,10 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import asr.checkpoint
+from asr.audio import load_samples
 from asr.cli import main
+from asr.data.manifest import read_manifest
 from asr.errors import AsrError
 from asr.evaluate import evaluate
+from asr.features import FeatureConfig, estimate_speaker_cmvn, speaker_cmvn_rows
+from asr.model import ModelConfig
+from asr.recognizer import Recognizer
 from asr.text import CharTokenizer, normalize_text
+from asr.transcribe import transcribe_file
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
@@ -187,3 +193,42 @@ def test_evaluate_cli_json_is_one_object_with_one_row_a_manifest(scripted_sets, 
 
     assert main(["evaluate", "--model", "scripted.pt", "--manifest", str(dev), "--device", "cpu"]) == 0
     assert "TWO→TOO" in capsys.readouterr().out
+
+
+# evaluate, with a model normalized by speaker
+
+
+def test_evaluate_normalizes_a_speaker_model_by_each_speakers_statistics_over_the_manifest(fsdd_dir, tmp_path):
+    names = ["3_george_0", "5_george_1", "3_lucas_0", "8_lucas_1", "9_lucas_2", "1_theo_0"]
+    rows = []
+    for name in names:
+        digit, speaker, _ = name.split("_")
+        rows.append({"id": name, "audio": str(fsdd_dir / f"{name}.wav"), "duration": 0.5, "text": f"DIGIT {digit}",
+                     **({"speaker": speaker} if speaker != "theo" else {})})  # theo's utterance names nobody
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    torch.manual_seed(0)
+    features = FeatureConfig(normalization="speaker", n_mels=40)
+    tokenizer = CharTokenizer()
+    recognizer = Recognizer(ModelConfig(vocab_size=tokenizer.vocab_size, input_dim=40, num_layers=1, hidden_size=16,
+                                        subsampling_channels=4), features, tokenizer).eval()
+    given = []  # (audio length, speaker statistics) of each utterance the recognizer is run on
+    forward = recognizer.forward
+    recognizer.forward = lambda audio, lengths, rows=None: given.extend(zip(lengths.tolist(), rows)) or \
+        forward(audio, lengths, rows)
+    evaluate(recognizer, [manifest], batch_size=4)
+
+    utterances = read_manifest(manifest)
+    stats = estimate_speaker_cmvn(utterances, features, progress=False)
+    assert stats.keys() == {"george", "lucas", "utterance 1_theo_0"}
+    expected = {len(load_samples(u.audio)): speaker_cmvn_rows(stats[u.speaker or f"utterance {u.id}"])
+                for u in utterances}  # by each recording's length, which tells the six apart
+    assert len(expected) == len(names) == len(given)
+    assert all(torch.equal(rows, expected[length]) for length, rows in given)
+
+    # A recording longer than chunk_seconds is decoded in windows, each with its speaker's statistics.
+    given.clear()
+    lucas = speaker_cmvn_rows(stats["lucas"])
+    transcribe_file(recognizer, utterances[2].audio, chunk_seconds=0.2, overlap_seconds=0.05,
+                    speaker_cmvn=lucas.numpy())
+    assert len(given) > 1 and all(torch.equal(rows, lucas) for _, rows in given)

@@ -20,9 +20,11 @@ from asr.features import (
     SpecAugment,
     SpecAugmentConfig,
     estimate_cmvn,
+    estimate_speaker_cmvn,
     load_cmvn,
     mel_filterbank,
     save_cmvn,
+    speaker_cmvn_rows,
     speed_perturb,
     utterance_cmvn,
     vtlp_warp,
@@ -86,7 +88,7 @@ def test_feature_config_round_trips_through_a_dict():
     "settings, message",
     [
         ({"n_mel": 80}, "unknown features setting(s) n_mel"),
-        ({"normalization": "cepstral"}, "features.normalization must be one of global, utterance, none"),
+        ({"normalization": "cepstral"}, "features.normalization must be one of global, utterance, speaker, none"),
         ({"win_ms": 40.0}, "640 samples, more than features.n_fft=512"),
         ({"f_max": 9000.0}, "sample_rate / 2 = 8000"),
     ],
@@ -210,6 +212,31 @@ def test_estimate_cmvn_takes_max_utterances_evenly_spaced(sentence_paths):
     assert subset == estimate_cmvn([utterances[0], utterances[2]], cfg, progress=False)
     with pytest.raises(AsrError, match="no utterances"):
         estimate_cmvn([], cfg, progress=False)
+
+
+def test_estimate_speaker_cmvn_matches_numpy_over_each_speakers_librosa_features(sentence_paths, sentence_waves):
+    cfg = FeatureConfig(n_mels=40)
+    speakers = ["anna", "bert", "anna", None]  # the last names no speaker: it is normalized by its own statistics
+    utterances = [SimpleNamespace(id=f"u{index}", audio=path, speaker=speaker)
+                  for index, (path, speaker) in enumerate(zip(sentence_paths, speakers))]
+    stats = estimate_speaker_cmvn(utterances, cfg, progress=False)
+    assert stats.keys() == {"anna", "bert", "utterance u3"}
+    for key, indices in {"anna": [0, 2], "bert": [1], "utterance u3": [3]}.items():
+        frames = np.concatenate([librosa_log_mel(sentence_waves[index], cfg) for index in indices])
+        assert stats[key]["frames"] == len(frames) and stats[key]["utterances"] == len(indices)
+        np.testing.assert_allclose(stats[key]["mean"], frames.mean(axis=0), atol=1e-3)
+        np.testing.assert_allclose(stats[key]["std"], frames.std(axis=0), atol=1e-3)
+
+
+def test_estimate_speaker_cmvn_leaves_out_unreadable_audio_and_says_so(sentence_paths, tmp_path, caplog):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really")
+    utterances = [SimpleNamespace(id="good", audio=sentence_paths[0], speaker="anna"),
+                  SimpleNamespace(id="bad", audio=broken, speaker="anna"),
+                  SimpleNamespace(id="lost", audio=broken, speaker="bert")]
+    stats = estimate_speaker_cmvn(utterances, FeatureConfig(), progress=False)
+    assert stats.keys() == {"anna"} and stats["anna"]["utterances"] == 1  # bert has no readable audio
+    assert "left out 2 of 3 utterances" in caplog.text and "broken.wav" in caplog.text
 
 
 def test_cmvn_statistics_round_trip_through_json(tmp_path):
@@ -400,6 +427,23 @@ def test_frontend_chains_log_mel_and_the_chosen_normalization(sentence_waves, no
         "none": log_mel,
     }[normalization]
     torch.testing.assert_close(feats, expected)
+
+
+def test_frontend_normalizes_by_the_speaker_statistics_it_is_given_else_by_each_utterances_own(sentence_waves):
+    cfg = FeatureConfig(normalization="speaker")
+    frontend = Frontend(cfg).eval()
+    audio, lengths = pad(sentence_waves[:2])
+    log_mel, feat_lengths = LogMel(cfg)(audio, lengths)
+    rows = torch.stack([speaker_cmvn_rows({"mean": [-8.0 + index] * 80, "std": [2.0 + index] * 80})
+                        for index in range(2)])
+    feats, _ = frontend(audio, lengths, rows)
+    for index, length in enumerate(feat_lengths.tolist()):
+        expected = (log_mel[index, :length] - (-8.0 + index)) / (2.0 + index)
+        torch.testing.assert_close(feats[index, :length], expected)
+        assert (feats[index, length:] == 0).all()
+    torch.testing.assert_close(frontend(audio, lengths)[0], utterance_cmvn(log_mel, feat_lengths))
+    with pytest.raises(ValueError, match="normalization is 'utterance'"):
+        Frontend(FeatureConfig(normalization="utterance"))(audio, lengths, rows)
 
 
 def test_frontend_augments_only_in_training(sentence_waves):

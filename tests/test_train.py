@@ -13,8 +13,9 @@ import torch
 from asr.checkpoint import load_checkpoint, load_model, read_plain_data
 from asr.config import load_config
 from asr.errors import ConfigError
-from asr.data.manifest import Utterance, write_manifest
-from asr.train import Trainer, autocast_dtype, lr_factor, scales_losses, train
+from asr.data.manifest import Utterance, read_manifest, write_manifest
+from asr.features import estimate_speaker_cmvn, speaker_cmvn_rows
+from asr.train import Trainer, autocast_dtype, evaluate_loss_and_wer, lr_factor, scales_losses, train
 
 DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +109,40 @@ def test_the_saved_config_holds_the_sizes_the_model_was_built_with(tmp_path, fsd
     saved = load_config(tmp_path / "exp" / "config.yaml")
     assert saved.model.input_dim == 40 == trainer.model.acoustic.config.input_dim
     assert saved.model.vocab_size == trainer.tokenizer.vocab_size
+
+
+def test_speaker_normalization_trains_and_validates_with_each_speakers_statistics(tmp_path, fsdd_dir):
+    names = [f"{digit}_{speaker}_{take}" for digit in (1, 2) for speaker in ("george", "yweweler") for take in (5, 6)]
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", names)
+    dev = fsdd_manifest(fsdd_dir, tmp_path / "dev.jsonl", ["1_george_0", "2_lucas_0", "1_lucas_1"])
+    config = small_config(manifest, dev, **{"features.normalization": "speaker", "train.max_steps": 2})
+    trainer = Trainer(config, tmp_path / "exp", progress=False)
+    expected = {name: estimate_speaker_cmvn(read_manifest(path), config.features, progress=False)
+                for name, path in (("train", manifest), ("dev", dev))}
+    assert expected["train"].keys() == {"george", "yweweler"} and expected["dev"].keys() == {"george", "lucas"}
+    for name in ("train", "dev"):  # estimated once, into the experiment folder, for ranks and resumed runs to read
+        saved = json.loads((tmp_path / "exp" / f"speaker_cmvn_{name}.json").read_text())
+        assert saved.keys() == expected[name].keys()
+        for speaker, stats in saved.items():
+            assert stats["mean"] == pytest.approx(expected[name][speaker]["mean"])
+            assert stats["std"] == pytest.approx(expected[name][speaker]["std"])
+
+    given = []  # every batch's statistics, as the frontend receives them
+    forward = trainer.model.frontend.forward
+    trainer.model.frontend.forward = lambda audio, lengths, rows=None: given.append(rows) or forward(audio, lengths,
+                                                                                                     rows)
+    trainer.run()
+    speaker_rows = {speaker: speaker_cmvn_rows(stats) for speaker, stats in expected["train"].items()}
+    training_rows = [row for rows in given[:2] for row in rows]  # the two training steps, then validation
+    assert all(any(torch.allclose(row, known) for known in speaker_rows.values()) for row in training_rows)
+    assert {speaker for row in training_rows for speaker, known in speaker_rows.items()
+            if torch.allclose(row, known)} == {"george", "yweweler"}
+    dev_loss = trainer.history[-1]["loss"]
+    model = trainer.model
+    assert evaluate_loss_and_wer(model, read_manifest(dev), config, speaker_cmvn=expected["dev"])["loss"] == \
+        pytest.approx(dev_loss, rel=1e-6)
+    # Each utterance normalized by its own statistics instead: another loss, even from this barely trained model.
+    assert abs(evaluate_loss_and_wer(model, read_manifest(dev), config)["loss"] - dev_loss) > 1e-4
 
 
 def test_unusable_utterances_are_skipped_and_listed(tmp_path, fsdd_dir):

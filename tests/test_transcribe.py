@@ -19,7 +19,7 @@ from asr.checkpoint import save_model
 from asr.cli import main
 from asr.decoding import Word
 from asr.errors import AudioError
-from asr.features import FeatureConfig
+from asr.features import FeatureConfig, LogMel
 from asr.model import ModelConfig
 from asr.recognizer import Recognizer
 from asr.text import CharTokenizer
@@ -381,3 +381,34 @@ def test_cli_refuses_outputs_that_would_overwrite_each_other(model_file, data_di
     error = capsys.readouterr().err
     assert str(first) in error and str(second) in error and "both be written" in error
     assert list(tmp_path.glob("x.*")) == []
+
+
+def test_cli_one_speaker_normalizes_every_file_by_the_statistics_of_all(data_dir, tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=TOKENIZER.vocab_size, num_layers=1, hidden_size=16, subsampling_channels=4)
+    features = FeatureConfig(normalization="speaker")
+    save_model(Recognizer(config, features, CharTokenizer()), tmp_path / "speaker.pt")
+    files = sentence_files(data_dir, 2)
+    given = {}
+
+    def recording_transcribe_files(recognizer, paths, decoder, **options):
+        given[tuple(paths)] = options["speaker_cmvn"]
+        return iter([])
+
+    monkeypatch.setattr("asr.transcribe.transcribe_files", recording_transcribe_files)
+    assert main(["transcribe", "--model", str(tmp_path / "speaker.pt"), *map(str, files), "--one-speaker"]) == 0
+    frames = torch.cat([LogMel(features)(audio[None], torch.tensor([len(audio)]))[0][0]
+                        for audio in map(load_audio, files)]).double()
+    rows = given[tuple(files)]
+    assert len(rows) == 2 and np.array_equal(rows[0], rows[1])
+    np.testing.assert_allclose(rows[0][0], frames.mean(dim=0).numpy(), atol=1e-4)
+    np.testing.assert_allclose(rows[0][1], frames.std(dim=0, unbiased=False).numpy(), atol=1e-4)
+
+    given.clear()  # without the option, each file is normalized by its own statistics, inside the frontend
+    assert main(["transcribe", "--model", str(tmp_path / "speaker.pt"), *map(str, files)]) == 0
+    assert given == {tuple(files): None}
+
+
+def test_cli_one_speaker_needs_a_model_normalized_by_speaker(model_file, data_dir, capsys):
+    assert main(["transcribe", "--model", str(model_file), str(sentence_files(data_dir, 1)[0]), "--one-speaker"]) == 1
+    assert "--one-speaker is for models trained with features.normalization: speaker" in capsys.readouterr().err

@@ -17,12 +17,15 @@ from torch.nn.utils.rnn import pad_sequence
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.data.manifest import Utterance
 from asr.errors import AsrError, ConfigError
-from asr.features import speed_perturb
+from asr.features import speaker_cmvn_rows, speaker_key, speed_perturb
 from asr.text import Tokenizer, normalize_text
 
 
 class SpeechDataset(torch.utils.data.Dataset):
     """Utterances as `{"id", "audio" (S,) float32, "tokens" (L,) long, "text"}` dicts, or `{"id", "error"}`.
+
+    With `speaker_cmvn` (`asr.features.estimate_speaker_cmvn`'s statistics, for `normalization: speaker`), each item
+    also holds `"speaker_cmvn"` (2, n_mels): its speaker's mean and standard deviation.
 
     With several `speed_factors`, each utterance is resampled by one of them, drawn from (seed, epoch, index): the
     same in every run and in every DataLoader worker, different from epoch to epoch. `set_epoch` must be called
@@ -31,7 +34,7 @@ class SpeechDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, utterances: Sequence[Utterance], tokenizer: Tokenizer, speed_factors: Sequence[float] = (1.0,),
-                 seed: int = 0, sample_rate: int = SAMPLE_RATE):
+                 seed: int = 0, sample_rate: int = SAMPLE_RATE, speaker_cmvn: dict[str, dict] | None = None):
         if not speed_factors or min(speed_factors) <= 0:
             raise ConfigError(f"speed factors must be positive numbers, got {list(speed_factors)}")
         self.utterances = utterances
@@ -40,6 +43,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.sample_rate = sample_rate
         self.epoch = 0
+        self.speaker_cmvn = None if speaker_cmvn is None else {
+            key: speaker_cmvn_rows(statistics) for key, statistics in speaker_cmvn.items()}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -64,8 +69,11 @@ class SpeechDataset(torch.utils.data.Dataset):
         factor = self.speed_factor(index)
         if factor != 1.0:
             audio = speed_perturb(audio, factor, self.sample_rate)
-        return {"id": utterance.id, "audio": audio, "tokens": torch.tensor(tokens, dtype=torch.long),
+        item = {"id": utterance.id, "audio": audio, "tokens": torch.tensor(tokens, dtype=torch.long),
                 "text": normalize_text(utterance.text)}
+        if self.speaker_cmvn is not None:
+            item["speaker_cmvn"] = self.speaker_cmvn[speaker_key(utterance)]
+        return item
 
 
 @dataclass
@@ -83,6 +91,7 @@ class Batch:
     token_lengths: torch.Tensor  # (B,) long
     texts: list[str]  # normalized transcripts, the references for WER
     skipped: list[tuple[str, str]]  # (utterance id, why it could not be loaded)
+    speaker_cmvn: torch.Tensor | None = None  # (B, 2, n_mels) each utterance's speaker's mean and std, or None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,14 +99,15 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch with its tensors on `device`."""
         return dataclasses.replace(self, **{name: getattr(self, name).to(device, non_blocking=non_blocking)
-                                            for name in _TENSOR_FIELDS})
+                                            for name in _TENSOR_FIELDS if getattr(self, name) is not None})
 
     def pin_memory(self) -> Batch:
         """The same batch in page-locked memory; the DataLoader calls this when `pin_memory=True`."""
-        return dataclasses.replace(self, **{name: getattr(self, name).pin_memory() for name in _TENSOR_FIELDS})
+        return dataclasses.replace(self, **{name: getattr(self, name).pin_memory() for name in _TENSOR_FIELDS
+                                            if getattr(self, name) is not None})
 
 
-_TENSOR_FIELDS = ("audio", "audio_lengths", "tokens", "token_lengths")
+_TENSOR_FIELDS = ("audio", "audio_lengths", "tokens", "token_lengths", "speaker_cmvn")
 
 
 def collate(items: list[dict]) -> Batch:
@@ -111,6 +121,8 @@ def collate(items: list[dict]) -> Batch:
         token_lengths=torch.tensor([len(item["tokens"]) for item in loaded], dtype=torch.long),
         texts=[item["text"] for item in loaded],
         skipped=[(item["id"], item["error"]) for item in items if "error" in item],
+        speaker_cmvn=torch.stack([item["speaker_cmvn"] for item in loaded])
+        if loaded and "speaker_cmvn" in loaded[0] else None,
     )
 
 
