@@ -276,17 +276,20 @@ def _one_speaker_cmvn(recognizer, paths: list[Path], model_path) -> list | None:
     normalization = getattr(getattr(recognizer, "feature_config", None), "normalization", None)
     if normalization != "speaker":
         raise AsrError(f"{model_path}: --one-speaker is for models trained with features.normalization: speaker; "
-                       + ("an ONNX graph normalizes each recording by its own statistics" if normalization is None
+                       + ("an ONNX graph normalizes by the training set's statistics" if normalization is None
                           else f"this one normalizes by {normalization!r}"))
     from types import SimpleNamespace
 
-    from asr.features import estimate_speaker_cmvn, speaker_cmvn_rows
+    import numpy as np
 
-    inputs = [SimpleNamespace(id=str(path), audio=path, speaker="inputs") for path in paths]
+    from asr.features import estimate_speaker_cmvn
+
+    inputs = [SimpleNamespace(audio=path, speaker="inputs") for path in paths]
     statistics = estimate_speaker_cmvn(inputs, recognizer.feature_config, progress=sys.stderr.isatty())
     if not statistics:
         return None
-    return [speaker_cmvn_rows(statistics["inputs"]).numpy()] * len(paths)
+    rows = np.array([statistics["inputs"]["mean"], statistics["inputs"]["std"]], dtype=np.float32)
+    return [rows] * len(paths)
 
 
 def cmd_evaluate(args) -> int:
@@ -423,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="longer recordings are decoded in overlapping windows this long (default: 30)")
     transcribe.add_argument("--one-speaker", action="store_true",
                             help="the inputs are all one speaker's: a model trained with features.normalization: "
-                                 "speaker normalizes them by statistics over all of them (by default, each file by "
-                                 "its own)")
+                                 "speaker normalizes them by statistics over all of them (by default, by the "
+                                 "training set's)")
     transcribe.add_argument("--verbose", dest="timings", action="store_true",
                             help="real-time factor and per-file times on stderr")
     transcribe.set_defaults(func=cmd_transcribe)

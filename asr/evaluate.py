@@ -9,7 +9,8 @@ With `out_dir`, each set gets `out_dir/<manifest stem>/{hyp.txt, ref.txt, wer.js
 `asr.scoring.write_report`), and all sets together `results.md` and `results.json`.
 
 A model trained with `features.normalization: speaker` is normalized here as in training: each utterance by the
-statistics of all its speaker's utterances in the manifest (by its own where the manifest names no speaker).
+statistics of all its speaker's utterances in the manifest (by the training set's where the manifest names no
+speaker).
 """
 from __future__ import annotations
 
@@ -64,18 +65,16 @@ def evaluate(recognizer, manifest_paths: Iterable[str | Path], decoder=None, out
 
 
 def _speaker_cmvn(recognizer, utterances, progress: bool):
-    """One (2, n_mels) array of speaker statistics an utterance for a model normalized by speaker, else None.
-
-    An utterance whose audio cannot be read gets its speaker's statistics, or zeros and ones when its speaker has
-    none: transcribing will report it unreadable."""
+    """For a model normalized by speaker, the (2, n_mels) statistics of each utterance's speaker over the manifest
+    (the model's own, the training set's, for an utterance of no known speaker); None for any other model."""
     feature_config = getattr(recognizer, "feature_config", None)  # an ONNX graph has none: it normalizes alone
     if feature_config is None or feature_config.normalization != "speaker":
         return None
-    from asr.features import estimate_speaker_cmvn, speaker_cmvn_rows, speaker_key
+    from asr.features import SpeakerCmvn, estimate_speaker_cmvn
 
-    statistics = estimate_speaker_cmvn(utterances, feature_config, progress=progress)
-    missing = {"mean": [0.0] * feature_config.n_mels, "std": [1.0] * feature_config.n_mels}
-    return [speaker_cmvn_rows(statistics.get(speaker_key(utterance), missing)).numpy() for utterance in utterances]
+    training_set = {"mean": recognizer.frontend.cmvn.mean.tolist(), "std": recognizer.frontend.cmvn.std.tolist()}
+    statistics = SpeakerCmvn(estimate_speaker_cmvn(utterances, feature_config, progress=progress), training_set)
+    return [statistics.rows(utterance.speaker).numpy() for utterance in utterances]
 
 
 def _check_report_folders(manifest_paths: list[Path]) -> None:

@@ -4,7 +4,7 @@ The `Frontend` module chains the parts, each usable alone:
   LogMel           padded batch of 16 kHz waveforms -> (B, T, n_mels) log-mel energies, T = 1 + samples // hop
   GlobalCMVN       subtract the training set's mean, divide by its standard deviation (from `estimate_cmvn`)
   utterance_cmvn   or the same with each utterance's own statistics
-                   or with each speaker's, passed in beside the batch (from `estimate_speaker_cmvn`)
+                   or with each speaker's, passed in beside the batch (`SpeakerCmvn`, from `estimate_speaker_cmvn`)
   SpecAugment      zero random bands of mel channels and of frames (Park et al., 2019), in training only
 `speed_perturb` changes the speed of a waveform before all that (Ko et al., 2015); vocal tract length perturbation
 (`vtlp_warp`, Jaitly and Hinton, 2013) stretches each training utterance's frequency axis inside LogMel.
@@ -29,7 +29,7 @@ from asr.errors import AsrError, AudioError, ConfigError
 log = logging.getLogger(__name__)
 
 # global: the training set's statistics; utterance: each utterance's own; speaker: each speaker's own, over all their
-# utterances in the manifest (Kaldi's per-speaker CMVN), and an utterance's own where no speaker is known (a file
+# utterances in the manifest (Kaldi's per-speaker CMVN), and the training set's where no speaker is known (a file
 # given to `asr transcribe`); none: log-mel energies as they are.
 NORMALIZATIONS = ("global", "utterance", "speaker", "none")
 
@@ -268,24 +268,33 @@ def estimate_cmvn(utterances, cfg: FeatureConfig, max_utterances: int | None = N
     return groups["all"].statistics()
 
 
-def speaker_key(utterance) -> str:
-    """Whose statistics normalize an utterance under `normalization: speaker`: its speaker's, or its own."""
-    return utterance.speaker if utterance.speaker is not None else f"utterance {utterance.id}"
-
-
 def estimate_speaker_cmvn(utterances, cfg: FeatureConfig, progress: bool = True) -> dict[str, dict]:
-    """`estimate_cmvn`'s statistics for each speaker, over all of that speaker's utterances, keyed by `speaker_key`.
+    """`estimate_cmvn`'s statistics for each speaker (`utterance.speaker`), over all of that speaker's utterances.
 
-    Utterances whose audio cannot be read are left out and named in a warning; a speaker none of whose audio can be
-    read has no entry (their utterances cannot be loaded either).
+    Utterances of no known speaker are not read. Those whose audio cannot be read are left out and named in a
+    warning; a speaker none of whose audio can be read has no entry.
     """
-    groups, _ = _channel_sums(utterances, cfg, speaker_key, "speaker CMVN statistics", progress)
-    return {key: sums.statistics() for key, sums in groups.items()}
+    with_speaker = [utterance for utterance in utterances if utterance.speaker is not None]
+    groups, _ = _channel_sums(with_speaker, cfg, lambda utterance: utterance.speaker, "speaker CMVN statistics",
+                              progress)
+    return {speaker: sums.statistics() for speaker, sums in groups.items()}
 
 
-def speaker_cmvn_rows(statistics: dict) -> torch.Tensor:
-    """(2, n_mels) float32: one speaker's mean and standard deviation, as `Frontend` takes them."""
-    return torch.tensor([statistics["mean"], statistics["std"]], dtype=torch.float32)
+class SpeakerCmvn:
+    """Under `normalization: speaker`, the statistics that normalize each utterance: its speaker's, or `default`
+    (the training set's, which the model also holds) for an utterance of no known speaker."""
+
+    def __init__(self, by_speaker: dict[str, dict], default: dict):
+        self.by_speaker = {speaker: _as_rows(statistics) for speaker, statistics in by_speaker.items()}
+        self.default = _as_rows(default)
+
+    def rows(self, speaker: str | None) -> torch.Tensor:
+        """(2, n_mels) float32: the mean and standard deviation that normalize an utterance of `speaker`."""
+        return self.by_speaker.get(speaker, self.default)
+
+
+def _as_rows(statistics: dict) -> torch.Tensor:
+    return torch.tensor([list(statistics["mean"]), list(statistics["std"])], dtype=torch.float32)
 
 
 class _ChannelSums:
@@ -456,11 +465,11 @@ class Frontend(nn.Module):
         self, cfg: FeatureConfig, specaug: SpecAugmentConfig | None = None, cmvn_stats: dict | None = None
     ):
         super().__init__()
-        if cfg.normalization == "global" and cmvn_stats is None:
+        if cfg.normalization in ("global", "speaker") and cmvn_stats is None:
             raise ConfigError(
-                "features.normalization is 'global' but no CMVN statistics were given: estimate them first with "
-                "`asr features --manifest train.jsonl --cmvn-out cmvn.json`, or set features.normalization to "
-                "'utterance'"
+                f"features.normalization is {cfg.normalization!r} but no CMVN statistics were given: estimate them "
+                "first with `asr features --manifest train.jsonl --cmvn-out cmvn.json`, or set "
+                "features.normalization to 'utterance'"
             )
         self.cfg = cfg
         self.logmel = LogMel(cfg)
@@ -479,17 +488,17 @@ class Frontend(nn.Module):
                 speaker_cmvn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, S) and its lengths (B,) -> features (B, T, n_mels) and their lengths (B,).
 
-        `speaker_cmvn` (B, 2, n_mels), each utterance's speaker's mean and standard deviation (`speaker_cmvn_rows`),
-        is for `normalization: speaker`; without it each utterance is normalized by its own statistics.
+        `speaker_cmvn` (B, 2, n_mels), each utterance's speaker's mean and standard deviation (`SpeakerCmvn.rows`),
+        is for `normalization: speaker`; without it every utterance is normalized by the training set's statistics.
         """
         if speaker_cmvn is not None and self.cfg.normalization != "speaker":
             raise ValueError(f"speaker CMVN statistics given to a frontend whose normalization is "
                              f"{self.cfg.normalization!r}")
         warp_factors = self.specaug.draw_warp_factors(len(audio), audio.device)  # None unless training with VTLP
         feats, feat_lengths = self.logmel(audio, audio_lengths, warp_factors)
-        if self.cfg.normalization == "global":
+        if self.cfg.normalization == "global" or (self.cfg.normalization == "speaker" and speaker_cmvn is None):
             feats = self.cmvn(feats, feat_lengths)
-        elif self.cfg.normalization == "utterance" or (self.cfg.normalization == "speaker" and speaker_cmvn is None):
+        elif self.cfg.normalization == "utterance":
             feats = utterance_cmvn(feats, feat_lengths)
         elif self.cfg.normalization == "speaker":
             speaker_cmvn = speaker_cmvn.to(feats.device, feats.dtype)

@@ -37,7 +37,7 @@ from asr.data.manifest import read_manifest
 from asr.data.sampler import DurationBucketSampler
 from asr.decoding import GreedyDecoder
 from asr.errors import AsrError, ConfigError
-from asr.features import estimate_cmvn, estimate_speaker_cmvn, load_cmvn, save_cmvn, speaker_key
+from asr.features import SpeakerCmvn, estimate_cmvn, estimate_speaker_cmvn, load_cmvn, save_cmvn
 from asr.recognizer import Recognizer
 from asr.scoring import score
 from asr.text import BpeTokenizer, CharTokenizer, load_tokenizer, normalize_text, tokenizer_from_dict
@@ -253,13 +253,14 @@ class Trainer:
         if self.procs.is_main:  # now that it holds what the data decided: the model's input and output sizes
             save_config(config, self.out / "config.yaml")
         cmvn = None
-        if config.features.normalization == "global" and payload is None:
-            cmvn = self._cmvn_stats()
+        if config.features.normalization in ("global", "speaker") and payload is None:
+            cmvn = self._cmvn_stats()  # under `speaker`, for utterances of no known speaker
         self.model = Recognizer(config.model, config.features, self.tokenizer, config.specaugment, cmvn)
         self.speaker_cmvn = self.dev_speaker_cmvn = None  # statistics by speaker, under `normalization: speaker`
         if config.features.normalization == "speaker":
-            self.speaker_cmvn = self._speaker_cmvn_stats("train", self.train_utts)
-            self.dev_speaker_cmvn = self._speaker_cmvn_stats("dev", self.dev_utts)
+            training_set = {"mean": self.model.frontend.cmvn.mean.tolist(), "std": self.model.frontend.cmvn.std.tolist()}
+            self.speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("train", self.train_utts), training_set)
+            self.dev_speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("dev", self.dev_utts), training_set)
         self.model.to(self.procs.device)
         self.ddp_model = self.model
         if self.procs.world_size > 1:
@@ -349,8 +350,8 @@ class Trainer:
         """Each speaker's CMVN statistics over `utterances`, estimated once (rank 0) into exp/NAME/speaker_cmvn_NAME.json
         and read from there by the other ranks and by a resumed run (again if its manifest has other speakers)."""
         path = self.out / f"speaker_cmvn_{name}.json"
-        if self.procs.is_main and not (path.exists() and {speaker_key(u) for u in utterances} <= json.loads(
-                path.read_text()).keys()):
+        speakers = {utterance.speaker for utterance in utterances} - {None}
+        if self.procs.is_main and not (path.exists() and speakers <= json.loads(path.read_text()).keys()):
             save_cmvn(path, estimate_speaker_cmvn(utterances, self.config.features, progress=self.progress))
         if self.procs.world_size > 1:
             dist.barrier()
@@ -625,9 +626,9 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate_loss_and_wer(model: Recognizer, utterances, config: ExperimentConfig, progress: bool = False,
-                          speaker_cmvn: dict[str, dict] | None = None) -> dict:
+                          speaker_cmvn: SpeakerCmvn | None = None) -> dict:
     """CTC loss and greedy WER/CER of a model on utterances (bucketed batches, no augmentation); `speaker_cmvn`:
-    their speakers' statistics (`asr.features.estimate_speaker_cmvn`), for a model normalized by speaker."""
+    their speakers' statistics, for a model normalized by speaker."""
     was_training = model.training
     model.eval()
     dataset = SpeechDataset(utterances, model.tokenizer, sample_rate=config.features.sample_rate,

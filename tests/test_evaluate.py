@@ -18,7 +18,7 @@ from asr.cli import main
 from asr.data.manifest import read_manifest
 from asr.errors import AsrError
 from asr.evaluate import evaluate
-from asr.features import FeatureConfig, estimate_speaker_cmvn, speaker_cmvn_rows
+from asr.features import FeatureConfig, SpeakerCmvn, estimate_speaker_cmvn
 from asr.model import ModelConfig
 from asr.recognizer import Recognizer
 from asr.text import CharTokenizer, normalize_text
@@ -204,14 +204,15 @@ def test_evaluate_normalizes_a_speaker_model_by_each_speakers_statistics_over_th
     for name in names:
         digit, speaker, _ = name.split("_")
         rows.append({"id": name, "audio": str(fsdd_dir / f"{name}.wav"), "duration": 0.5, "text": f"DIGIT {digit}",
-                     **({"speaker": speaker} if speaker != "theo" else {})})  # theo's utterance names nobody
+                     **({"speaker": speaker} if speaker != "theo" else {})})  # theo's names no speaker
     manifest = tmp_path / "test.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     torch.manual_seed(0)
     features = FeatureConfig(normalization="speaker", n_mels=40)
     tokenizer = CharTokenizer()
+    training_set = {"mean": torch.linspace(-12, -6, 40).tolist(), "std": torch.linspace(2, 5, 40).tolist()}
     recognizer = Recognizer(ModelConfig(vocab_size=tokenizer.vocab_size, input_dim=40, num_layers=1, hidden_size=16,
-                                        subsampling_channels=4), features, tokenizer).eval()
+                                        subsampling_channels=4), features, tokenizer, cmvn_stats=training_set).eval()
     given = []  # (audio length, speaker statistics) of each utterance the recognizer is run on
     forward = recognizer.forward
     recognizer.forward = lambda audio, lengths, rows=None: given.extend(zip(lengths.tolist(), rows)) or \
@@ -219,16 +220,15 @@ def test_evaluate_normalizes_a_speaker_model_by_each_speakers_statistics_over_th
     evaluate(recognizer, [manifest], batch_size=4)
 
     utterances = read_manifest(manifest)
-    stats = estimate_speaker_cmvn(utterances, features, progress=False)
-    assert stats.keys() == {"george", "lucas", "utterance 1_theo_0"}
-    expected = {len(load_samples(u.audio)): speaker_cmvn_rows(stats[u.speaker or f"utterance {u.id}"])
-                for u in utterances}  # by each recording's length, which tells the six apart
+    table = SpeakerCmvn(estimate_speaker_cmvn(utterances, features, progress=False), default=training_set)
+    assert table.by_speaker.keys() == {"george", "lucas"}  # theo's utterance gets the training set's statistics
+    expected = {len(load_samples(u.audio)): table.rows(u.speaker) for u in utterances}  # by length: the six differ
     assert len(expected) == len(names) == len(given)
     assert all(torch.equal(rows, expected[length]) for length, rows in given)
 
     # A recording longer than chunk_seconds is decoded in windows, each with its speaker's statistics.
     given.clear()
-    lucas = speaker_cmvn_rows(stats["lucas"])
+    lucas = table.rows("lucas")
     transcribe_file(recognizer, utterances[2].audio, chunk_seconds=0.2, overlap_seconds=0.05,
                     speaker_cmvn=lucas.numpy())
     assert len(given) > 1 and all(torch.equal(rows, lucas) for _, rows in given)

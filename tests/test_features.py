@@ -20,11 +20,11 @@ from asr.features import (
     SpecAugment,
     SpecAugmentConfig,
     estimate_cmvn,
+    SpeakerCmvn,
     estimate_speaker_cmvn,
     load_cmvn,
     mel_filterbank,
     save_cmvn,
-    speaker_cmvn_rows,
     speed_perturb,
     utterance_cmvn,
     vtlp_warp,
@@ -216,24 +216,28 @@ def test_estimate_cmvn_takes_max_utterances_evenly_spaced(sentence_paths):
 
 def test_estimate_speaker_cmvn_matches_numpy_over_each_speakers_librosa_features(sentence_paths, sentence_waves):
     cfg = FeatureConfig(n_mels=40)
-    speakers = ["anna", "bert", "anna", None]  # the last names no speaker: it is normalized by its own statistics
-    utterances = [SimpleNamespace(id=f"u{index}", audio=path, speaker=speaker)
-                  for index, (path, speaker) in enumerate(zip(sentence_paths, speakers))]
+    speakers = ["anna", "bert", "anna", None]  # the last names no speaker: it is not read
+    utterances = [SimpleNamespace(audio=path, speaker=speaker) for path, speaker in zip(sentence_paths, speakers)]
     stats = estimate_speaker_cmvn(utterances, cfg, progress=False)
-    assert stats.keys() == {"anna", "bert", "utterance u3"}
-    for key, indices in {"anna": [0, 2], "bert": [1], "utterance u3": [3]}.items():
+    assert stats.keys() == {"anna", "bert"}
+    for speaker, indices in {"anna": [0, 2], "bert": [1]}.items():
         frames = np.concatenate([librosa_log_mel(sentence_waves[index], cfg) for index in indices])
-        assert stats[key]["frames"] == len(frames) and stats[key]["utterances"] == len(indices)
-        np.testing.assert_allclose(stats[key]["mean"], frames.mean(axis=0), atol=1e-3)
-        np.testing.assert_allclose(stats[key]["std"], frames.std(axis=0), atol=1e-3)
+        assert stats[speaker]["frames"] == len(frames) and stats[speaker]["utterances"] == len(indices)
+        np.testing.assert_allclose(stats[speaker]["mean"], frames.mean(axis=0), atol=1e-3)
+        np.testing.assert_allclose(stats[speaker]["std"], frames.std(axis=0), atol=1e-3)
+
+
+def test_speaker_cmvn_gives_a_speakers_statistics_and_the_default_for_anyone_else():
+    table = SpeakerCmvn({"anna": {"mean": [1.0, 2.0], "std": [3.0, 4.0]}}, {"mean": [0.0, 0.5], "std": [1.0, 1.5]})
+    assert table.rows("anna").tolist() == [[1.0, 2.0], [3.0, 4.0]] and table.rows("anna").dtype == torch.float32
+    assert table.rows("bert").tolist() == table.rows(None).tolist() == [[0.0, 0.5], [1.0, 1.5]]
 
 
 def test_estimate_speaker_cmvn_leaves_out_unreadable_audio_and_says_so(sentence_paths, tmp_path, caplog):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really")
-    utterances = [SimpleNamespace(id="good", audio=sentence_paths[0], speaker="anna"),
-                  SimpleNamespace(id="bad", audio=broken, speaker="anna"),
-                  SimpleNamespace(id="lost", audio=broken, speaker="bert")]
+    utterances = [SimpleNamespace(audio=sentence_paths[0], speaker="anna"), SimpleNamespace(audio=broken, speaker="anna"),
+                  SimpleNamespace(audio=broken, speaker="bert")]
     stats = estimate_speaker_cmvn(utterances, FeatureConfig(), progress=False)
     assert stats.keys() == {"anna"} and stats["anna"]["utterances"] == 1  # bert has no readable audio
     assert "left out 2 of 3 utterances" in caplog.text and "broken.wav" in caplog.text
@@ -429,21 +433,24 @@ def test_frontend_chains_log_mel_and_the_chosen_normalization(sentence_waves, no
     torch.testing.assert_close(feats, expected)
 
 
-def test_frontend_normalizes_by_the_speaker_statistics_it_is_given_else_by_each_utterances_own(sentence_waves):
+def test_frontend_normalizes_by_the_speaker_statistics_it_is_given_else_by_the_training_sets(sentence_waves):
     cfg = FeatureConfig(normalization="speaker")
-    frontend = Frontend(cfg).eval()
+    training_set = {"mean": torch.linspace(-10, 0, 80).tolist(), "std": torch.linspace(1, 4, 80).tolist()}
+    frontend = Frontend(cfg, cmvn_stats=training_set).eval()
     audio, lengths = pad(sentence_waves[:2])
     log_mel, feat_lengths = LogMel(cfg)(audio, lengths)
-    rows = torch.stack([speaker_cmvn_rows({"mean": [-8.0 + index] * 80, "std": [2.0 + index] * 80})
-                        for index in range(2)])
+    rows = torch.tensor([[[-8.0] * 80, [2.0] * 80], [[-7.0] * 80, [3.0] * 80]])
     feats, _ = frontend(audio, lengths, rows)
     for index, length in enumerate(feat_lengths.tolist()):
         expected = (log_mel[index, :length] - (-8.0 + index)) / (2.0 + index)
         torch.testing.assert_close(feats[index, :length], expected)
         assert (feats[index, length:] == 0).all()
-    torch.testing.assert_close(frontend(audio, lengths)[0], utterance_cmvn(log_mel, feat_lengths))
+    torch.testing.assert_close(frontend(audio, lengths)[0],
+                               GlobalCMVN(training_set["mean"], training_set["std"])(log_mel, feat_lengths))
     with pytest.raises(ValueError, match="normalization is 'utterance'"):
         Frontend(FeatureConfig(normalization="utterance"))(audio, lengths, rows)
+    with pytest.raises(ConfigError, match="normalization is 'speaker' but no CMVN statistics"):
+        Frontend(cfg)
 
 
 def test_frontend_augments_only_in_training(sentence_waves):

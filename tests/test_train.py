@@ -14,7 +14,7 @@ from asr.checkpoint import load_checkpoint, load_model, read_plain_data
 from asr.config import load_config
 from asr.errors import ConfigError
 from asr.data.manifest import Utterance, read_manifest, write_manifest
-from asr.features import estimate_speaker_cmvn, speaker_cmvn_rows
+from asr.features import SpeakerCmvn, estimate_speaker_cmvn
 from asr.train import Trainer, autocast_dtype, evaluate_loss_and_wer, lr_factor, scales_losses, train
 
 DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
@@ -132,16 +132,20 @@ def test_speaker_normalization_trains_and_validates_with_each_speakers_statistic
     trainer.model.frontend.forward = lambda audio, lengths, rows=None: given.append(rows) or forward(audio, lengths,
                                                                                                      rows)
     trainer.run()
-    speaker_rows = {speaker: speaker_cmvn_rows(stats) for speaker, stats in expected["train"].items()}
+    training_set = {"mean": trainer.model.frontend.cmvn.mean.tolist(), "std": trainer.model.frontend.cmvn.std.tolist()}
+    assert training_set["mean"] == pytest.approx(json.loads((tmp_path / "exp" / "cmvn.json").read_text())["mean"])
+    speaker_rows = {speaker: SpeakerCmvn(expected["train"], training_set).rows(speaker) for speaker in expected["train"]}
     training_rows = [row for rows in given[:2] for row in rows]  # the two training steps, then validation
     assert all(any(torch.allclose(row, known) for known in speaker_rows.values()) for row in training_rows)
     assert {speaker for row in training_rows for speaker, known in speaker_rows.items()
             if torch.allclose(row, known)} == {"george", "yweweler"}
     dev_loss = trainer.history[-1]["loss"]
     model = trainer.model
-    assert evaluate_loss_and_wer(model, read_manifest(dev), config, speaker_cmvn=expected["dev"])["loss"] == \
+    dev_table = SpeakerCmvn(expected["dev"], training_set)
+    assert evaluate_loss_and_wer(model, read_manifest(dev), config, speaker_cmvn=dev_table)["loss"] == \
         pytest.approx(dev_loss, rel=1e-6)
-    # Each utterance normalized by its own statistics instead: another loss, even from this barely trained model.
+    # Every utterance normalized by the training set's statistics instead: another loss, even from this barely
+    # trained model.
     assert abs(evaluate_loss_and_wer(model, read_manifest(dev), config)["loss"] - dev_loss) > 1e-4
 
 

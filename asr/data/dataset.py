@@ -17,15 +17,15 @@ from torch.nn.utils.rnn import pad_sequence
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.data.manifest import Utterance
 from asr.errors import AsrError, ConfigError
-from asr.features import speaker_cmvn_rows, speaker_key, speed_perturb
+from asr.features import SpeakerCmvn, speed_perturb
 from asr.text import Tokenizer, normalize_text
 
 
 class SpeechDataset(torch.utils.data.Dataset):
     """Utterances as `{"id", "audio" (S,) float32, "tokens" (L,) long, "text"}` dicts, or `{"id", "error"}`.
 
-    With `speaker_cmvn` (`asr.features.estimate_speaker_cmvn`'s statistics, for `normalization: speaker`), each item
-    also holds `"speaker_cmvn"` (2, n_mels): its speaker's mean and standard deviation.
+    With `speaker_cmvn` (for `normalization: speaker`), each item also holds `"speaker_cmvn"` (2, n_mels): the mean
+    and standard deviation of its speaker (`SpeakerCmvn.rows`).
 
     With several `speed_factors`, each utterance is resampled by one of them, drawn from (seed, epoch, index): the
     same in every run and in every DataLoader worker, different from epoch to epoch. `set_epoch` must be called
@@ -34,7 +34,7 @@ class SpeechDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, utterances: Sequence[Utterance], tokenizer: Tokenizer, speed_factors: Sequence[float] = (1.0,),
-                 seed: int = 0, sample_rate: int = SAMPLE_RATE, speaker_cmvn: dict[str, dict] | None = None):
+                 seed: int = 0, sample_rate: int = SAMPLE_RATE, speaker_cmvn: SpeakerCmvn | None = None):
         if not speed_factors or min(speed_factors) <= 0:
             raise ConfigError(f"speed factors must be positive numbers, got {list(speed_factors)}")
         self.utterances = utterances
@@ -43,8 +43,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.sample_rate = sample_rate
         self.epoch = 0
-        self.speaker_cmvn = None if speaker_cmvn is None else {
-            key: speaker_cmvn_rows(statistics) for key, statistics in speaker_cmvn.items()}
+        self.speaker_cmvn = speaker_cmvn
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -72,7 +71,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         item = {"id": utterance.id, "audio": audio, "tokens": torch.tensor(tokens, dtype=torch.long),
                 "text": normalize_text(utterance.text)}
         if self.speaker_cmvn is not None:
-            item["speaker_cmvn"] = self.speaker_cmvn[speaker_key(utterance)]
+            item["speaker_cmvn"] = self.speaker_cmvn.rows(utterance.speaker)
         return item
 
 
