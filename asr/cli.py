@@ -276,7 +276,7 @@ def _one_speaker_cmvn(recognizer, paths: list[Path], model_path) -> list | None:
     normalization = getattr(getattr(recognizer, "feature_config", None), "normalization", None)
     if normalization != "speaker":
         raise AsrError(f"{model_path}: --one-speaker is for models trained with features.normalization: speaker; "
-                       + ("an ONNX graph normalizes by the training set's statistics" if normalization is None
+                       + ("an ONNX graph normalizes each recording alone" if normalization is None
                           else f"this one normalizes by {normalization!r}"))
     from types import SimpleNamespace
 

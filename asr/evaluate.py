@@ -9,8 +9,8 @@ With `out_dir`, each set gets `out_dir/<manifest stem>/{hyp.txt, ref.txt, wer.js
 `asr.scoring.write_report`), and all sets together `results.md` and `results.json`.
 
 A model trained with `features.normalization: speaker` is normalized here as in training: each utterance by the
-statistics of all its speaker's utterances in the manifest (by the training set's where the manifest names no
-speaker).
+statistics of all its speaker's utterances in the manifest; one that names no speaker is normalized as
+`asr transcribe` normalizes a file (`asr.features.training_set_at_own_level`).
 """
 from __future__ import annotations
 
@@ -66,9 +66,11 @@ def evaluate(recognizer, manifest_paths: Iterable[str | Path], decoder=None, out
 
 def _speaker_cmvn(recognizer, utterances, progress: bool):
     """For a model normalized by speaker, the (2, n_mels) statistics of each utterance's speaker over the manifest
-    (the model's own, the training set's, for an utterance of no known speaker); None for any other model."""
+    (the training set's, which the model holds, for an utterance of no known speaker among others that have one);
+    None for any other model, and for a manifest that names no speaker, normalized as `asr transcribe` does."""
     feature_config = getattr(recognizer, "feature_config", None)  # an ONNX graph has none: it normalizes alone
-    if feature_config is None or feature_config.normalization != "speaker":
+    if feature_config is None or feature_config.normalization != "speaker" or \
+            all(utterance.speaker is None for utterance in utterances):
         return None
     from asr.features import SpeakerCmvn, estimate_speaker_cmvn
 

@@ -104,9 +104,9 @@ def export_onnx(recognizer, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     except ImportError as error:
         raise AsrError("exporting to ONNX needs the onnx package: pip install onnx") from error
     if recognizer.feature_config.normalization == "speaker":
-        log.warning("%s: the model was trained normalized by speaker; the graph normalizes every recording by the "
-                    "training set's statistics, as `asr transcribe` does without --one-speaker (`asr evaluate` needs "
-                    "the model file to normalize by speaker)", path)
+        log.warning("%s: the model was trained normalized by speaker; the graph normalizes every recording as "
+                    "`asr transcribe` does without --one-speaker, by the training set's statistics at the "
+                    "recording's own level (`asr evaluate` needs the model file to normalize by speaker)", path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Two utterances of different lengths, so that nothing specializes to one batch size or to equal lengths.

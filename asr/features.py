@@ -4,7 +4,8 @@ The `Frontend` module chains the parts, each usable alone:
   LogMel           padded batch of 16 kHz waveforms -> (B, T, n_mels) log-mel energies, T = 1 + samples // hop
   GlobalCMVN       subtract the training set's mean, divide by its standard deviation (from `estimate_cmvn`)
   utterance_cmvn   or the same with each utterance's own statistics
-                   or with each speaker's, passed in beside the batch (`SpeakerCmvn`, from `estimate_speaker_cmvn`)
+                   or with each speaker's, passed in beside the batch (`SpeakerCmvn`, from `estimate_speaker_cmvn`),
+                   the training set's at the utterance's own level where no speaker is known (`training_set_at_own_level`)
   SpecAugment      zero random bands of mel channels and of frames (Park et al., 2019), in training only
 `speed_perturb` changes the speed of a waveform before all that (Ko et al., 2015); vocal tract length perturbation
 (`vtlp_warp`, Jaitly and Hinton, 2013) stretches each training utterance's frequency axis inside LogMel.
@@ -29,8 +30,8 @@ from asr.errors import AsrError, AudioError, ConfigError
 log = logging.getLogger(__name__)
 
 # global: the training set's statistics; utterance: each utterance's own; speaker: each speaker's own, over all their
-# utterances in the manifest (Kaldi's per-speaker CMVN), and the training set's where no speaker is known (a file
-# given to `asr transcribe`); none: log-mel energies as they are.
+# utterances in the manifest (Kaldi's per-speaker CMVN), and where no speaker is known (a file given to
+# `asr transcribe`) the training set's, moved to the utterance's own loudness; none: log-mel energies as they are.
 NORMALIZATIONS = ("global", "utterance", "speaker", "none")
 
 # A mel band whose values barely vary in the training data (e.g. above 4 kHz in a corpus of upsampled telephone
@@ -386,6 +387,24 @@ def utterance_cmvn(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return centered / (variance + _UTTERANCE_VARIANCE_FLOOR).sqrt()
 
 
+def training_set_at_own_level(feats: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor,
+                              std: torch.Tensor) -> torch.Tensor:
+    """Normalize by the training set's statistics with their mean raised or lowered, in every band alike, to the
+    utterance's own average level; padding stays 0.
+
+    What a model normalized by speaker does with an utterance of no known speaker. A recording's gain adds the same
+    number to every log-mel band, so matching the level makes the result independent of how loud it was recorded,
+    while the spectral shape still comes from the training set rather than from the utterance's few words. Chosen
+    over the training set's statistics alone, which a voice recorded quieter falls far from, and over the utterance's
+    own (recipes/digits/README.md).
+    """
+    lengths = lengths.to(feats.device)
+    valid = _valid_frames(lengths, feats.size(1))[..., None]
+    frame_counts = lengths.clamp(min=1).to(feats.dtype)[:, None, None]
+    own_level = feats.masked_fill(~valid, 0.0).sum(dim=(1, 2), keepdim=True) / (frame_counts * feats.size(2))
+    return _zero_padding((feats - (mean - mean.mean() + own_level)) / std, lengths)
+
+
 class SpecAugment(nn.Module):
     """Set random bands of mel channels and of frames to 0 (the mean, after CMVN), in training mode only.
 
@@ -489,17 +508,19 @@ class Frontend(nn.Module):
         """audio (B, S) and its lengths (B,) -> features (B, T, n_mels) and their lengths (B,).
 
         `speaker_cmvn` (B, 2, n_mels), each utterance's speaker's mean and standard deviation (`SpeakerCmvn.rows`),
-        is for `normalization: speaker`; without it every utterance is normalized by the training set's statistics.
+        is for `normalization: speaker`; without it each utterance is normalized by `training_set_at_own_level`.
         """
         if speaker_cmvn is not None and self.cfg.normalization != "speaker":
             raise ValueError(f"speaker CMVN statistics given to a frontend whose normalization is "
                              f"{self.cfg.normalization!r}")
         warp_factors = self.specaug.draw_warp_factors(len(audio), audio.device)  # None unless training with VTLP
         feats, feat_lengths = self.logmel(audio, audio_lengths, warp_factors)
-        if self.cfg.normalization == "global" or (self.cfg.normalization == "speaker" and speaker_cmvn is None):
+        if self.cfg.normalization == "global":
             feats = self.cmvn(feats, feat_lengths)
         elif self.cfg.normalization == "utterance":
             feats = utterance_cmvn(feats, feat_lengths)
+        elif self.cfg.normalization == "speaker" and speaker_cmvn is None:
+            feats = training_set_at_own_level(feats, feat_lengths, self.cmvn.mean, self.cmvn.std)
         elif self.cfg.normalization == "speaker":
             speaker_cmvn = speaker_cmvn.to(feats.device, feats.dtype)
             feats = _zero_padding((feats - speaker_cmvn[:, None, 0]) / speaker_cmvn[:, None, 1], feat_lengths)

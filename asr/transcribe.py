@@ -121,7 +121,7 @@ def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, d
     Up to `chunk_seconds` the recording is decoded whole; a longer one in windows of `chunk_seconds` overlapping by
     `overlap_seconds`, read from the file one window at a time. `decoder` defaults to greedy decoding. Raises
     AudioError for a file that cannot be read. `speaker_cmvn` (2, n_mels): its speaker's mean and standard
-    deviation, for a model normalized by speaker (without them, by the training set's).
+    deviation, for a model normalized by speaker (without them, as `asr.features.training_set_at_own_level` says).
     """
     decoder = decoder or default_decoder(recognizer)
     started = time.perf_counter()
@@ -236,8 +236,8 @@ def _decode_waves(recognizer, decoder, waves: list[np.ndarray], speaker_cmvn: np
         batch[row, :wave.size] = wave
     if isinstance(recognizer, OnnxRecognizer):
         if speaker_cmvn is not None:
-            raise AsrError("an exported ONNX graph normalizes by the training set's statistics: it cannot take a "
-                           "speaker's; use the model file it was exported from")
+            raise AsrError("an exported ONNX graph normalizes each recording alone: it cannot take a speaker's "
+                           "statistics; use the model file it was exported from")
         return decoder.decode(*recognizer(batch, lengths))
     import torch  # loaded already: the recognizer is a torch module
 

@@ -215,8 +215,8 @@ def test_evaluate_normalizes_a_speaker_model_by_each_speakers_statistics_over_th
                                         subsampling_channels=4), features, tokenizer, cmvn_stats=training_set).eval()
     given = []  # (audio length, speaker statistics) of each utterance the recognizer is run on
     forward = recognizer.forward
-    recognizer.forward = lambda audio, lengths, rows=None: given.extend(zip(lengths.tolist(), rows)) or \
-        forward(audio, lengths, rows)
+    recognizer.forward = lambda audio, lengths, rows=None: given.extend(
+        zip(lengths.tolist(), [None] * len(lengths) if rows is None else rows)) or forward(audio, lengths, rows)
     evaluate(recognizer, [manifest], batch_size=4)
 
     utterances = read_manifest(manifest)
@@ -232,3 +232,9 @@ def test_evaluate_normalizes_a_speaker_model_by_each_speakers_statistics_over_th
     transcribe_file(recognizer, utterances[2].audio, chunk_seconds=0.2, overlap_seconds=0.05,
                     speaker_cmvn=lucas.numpy())
     assert len(given) > 1 and all(torch.equal(rows, lucas) for _, rows in given)
+
+    # A manifest that names no speaker is normalized as `asr transcribe` normalizes files: in the frontend.
+    given.clear()
+    manifest.write_text("".join(json.dumps({**row, "speaker": None}) + "\n" for row in rows))
+    evaluate(recognizer, [manifest])
+    assert len(given) == len(names) and all(rows is None for _, rows in given)

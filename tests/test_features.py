@@ -445,8 +445,17 @@ def test_frontend_normalizes_by_the_speaker_statistics_it_is_given_else_by_the_t
         expected = (log_mel[index, :length] - (-8.0 + index)) / (2.0 + index)
         torch.testing.assert_close(feats[index, :length], expected)
         assert (feats[index, length:] == 0).all()
-    torch.testing.assert_close(frontend(audio, lengths)[0],
-                               GlobalCMVN(training_set["mean"], training_set["std"])(log_mel, feat_lengths))
+    # Without them: the training set's statistics, their mean moved to the utterance's own level in every band.
+    fallback, _ = frontend(audio, lengths)
+    mean, std = torch.tensor(training_set["mean"]), torch.tensor(training_set["std"])
+    for index, length in enumerate(feat_lengths.tolist()):
+        valid = log_mel[index, :length]
+        torch.testing.assert_close(fallback[index, :length], (valid - (mean - mean.mean() + valid.mean())) / std)
+        assert (fallback[index, length:] == 0).all()
+    # ... which makes it deaf to the recording's gain: every log-mel band moves by log(gain²) (noise keeps them all
+    # above the log floor, which does not move).
+    noisy = audio + 1e-3 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(frontend(0.1 * noisy, lengths)[0], frontend(noisy, lengths)[0], atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="normalization is 'utterance'"):
         Frontend(FeatureConfig(normalization="utterance"))(audio, lengths, rows)
     with pytest.raises(ConfigError, match="normalization is 'speaker' but no CMVN statistics"):
