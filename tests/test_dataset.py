@@ -145,3 +145,54 @@ def test_items_carry_their_speakers_cmvn_statistics_and_collate_stacks_them(utte
     assert batch.speaker_cmvn.tolist() == [[[0.0] * 3, [1.0] * 3], [[1.0] * 3, [2.0] * 3], [[2.0] * 3, [3.0] * 3]]
     assert batch.to("meta").speaker_cmvn.device.type == "meta"
     assert "speaker_cmvn" not in SpeechDataset(utterances, CharTokenizer())[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_dataloader_pins_batches_and_they_reach_the_gpu(utterances):
+    dataset = SpeechDataset(utterances, CharTokenizer())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate, pin_memory=True, num_workers=1)
+    for batch in loader:
+        assert isinstance(batch, Batch)
+        assert batch.audio.is_pinned() and batch.tokens.is_pinned()
+        on_gpu = batch.to("cuda", non_blocking=True)
+        assert on_gpu.audio.is_cuda and torch.equal(on_gpu.audio.cpu(), batch.audio)
+
+
+def test_dataloader_with_workers_and_the_bucket_sampler(utterances, tmp_path):
+    everything = [*utterances, Utterance("missing", str(tmp_path / "nowhere.wav"), 2.0, "HELLO")]
+    dataset = SpeechDataset(everything, CharTokenizer(), speed_factors=(0.9, 1.0, 1.1), seed=3)
+    sampler = DurationBucketSampler([u.duration for u in everything], max_seconds=10.0, seed=3)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    ids, skipped, lengths = [], [], {}
+    for batch in loader:
+        ids += batch.ids
+        skipped += [utt_id for utt_id, _ in batch.skipped]
+        lengths.update(zip(batch.ids, batch.audio_lengths.tolist()))
+        for row, text in enumerate(batch.texts):
+            assert CharTokenizer().decode(batch.tokens[row, :batch.token_lengths[row]].tolist()) == text
+    assert sorted(ids) == sorted(u.id for u in utterances) and skipped == ["missing"]
+    # The workers drew the same speed factors as the dataset in this process would have.
+    for index, utterance in enumerate(utterances):
+        frames = soundfile.info(utterance.audio).frames
+        assert abs(lengths[utterance.id] - frames / dataset.speed_factor(index)) <= 1
+
+
+def test_normalized_text_is_what_the_batch_carries(utterances):
+    raw = Utterance("raw", utterances[0].audio, utterances[0].duration, "He could wait, no longer!")
+    item = SpeechDataset([raw], CharTokenizer())[0]
+    assert item["text"] == normalize_text(raw.text) == "HE COULD WAIT NO LONGER"
+
+
+def test_bench_dataloader_quick_smoke(tmp_path, shared_dir):
+    json_out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ASR_SHARED": str(shared_dir)}
+    finished = subprocess.run([sys.executable, str(REPO / "tools" / "bench_dataloader.py"), "--quick",
+                               "--json-out", str(json_out)], env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    summary = json.loads(json_out.read_text())
+    assert [r["workers"] for r in summary["results"]] == [0, 1, 2]
+    for result in summary["results"]:
+        assert result["utterances"] == summary["utterances"] > 0 and result["skipped"] == 0
+        assert result["utterances_per_second"] > 0 and result["audio_seconds_per_second"] > 0
+        assert np.isfinite(result["audio_seconds_per_second"])
+    assert "utt/s" in finished.stdout and "audio s/s" in finished.stdout
