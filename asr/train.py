@@ -253,8 +253,8 @@ class Trainer:
         if self.procs.is_main:  # now that it holds what the data decided: the model's input and output sizes
             save_config(config, self.out / "config.yaml")
         cmvn = None
-        if config.features.normalization in ("global", "speaker") and payload is None:
-            cmvn = self._cmvn_stats()  # under `speaker`, for utterances of no known speaker
+        if config.features.normalization in ("global", "speaker"):  # under `speaker`, for audio of no known speaker
+            cmvn = self._cmvn_stats()  # on resume, the file the first start wrote: the checkpoint holds the same
         self.model = Recognizer(config.model, config.features, self.tokenizer, config.specaugment, cmvn)
         self.speaker_cmvn = self.dev_speaker_cmvn = None  # statistics by speaker, under `normalization: speaker`
         if config.features.normalization == "speaker":

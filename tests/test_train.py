@@ -149,6 +149,21 @@ def test_speaker_normalization_trains_and_validates_with_each_speakers_statistic
     assert abs(evaluate_loss_and_wer(model, read_manifest(dev), config)["loss"] - dev_loss) > 1e-4
 
 
+@pytest.mark.parametrize("normalization", ["global", "speaker"])
+def test_a_run_normalized_by_statistics_resumes(tmp_path, fsdd_dir, normalization):
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["0_george_5", "1_jackson_5", "7_lucas_5"])
+    settings = {"features.normalization": normalization, "train.checkpoint_every": 1}
+    train(small_config(manifest, **settings, **{"train.max_steps": 2}), tmp_path / "exp", progress=False)
+    first = load_checkpoint(tmp_path / "exp" / "checkpoints" / "ckpt-2.pt")["state_dict"]
+    train(small_config(manifest, **settings, **{"train.max_steps": 4}), tmp_path / "exp", resume=True, progress=False)
+    assert [step for step, _ in logged_losses(tmp_path / "exp")] == [1, 2, 3, 4]
+    resumed = load_model(tmp_path / "exp" / "model.pt").state_dict()
+    for name in ("frontend.cmvn.mean", "frontend.cmvn.std"):
+        assert torch.equal(resumed[name], first[name])
+    stats = json.loads((tmp_path / "exp" / "cmvn.json").read_text())
+    assert resumed["frontend.cmvn.mean"].tolist() == pytest.approx(stats["mean"])
+
+
 def test_unusable_utterances_are_skipped_and_listed(tmp_path, fsdd_dir):
     good = fsdd_manifest(fsdd_dir, tmp_path / "good.jsonl", ["1_george_5", "2_george_5"])
     utterances = [Utterance("1_george_5", str(fsdd_dir / "1_george_5.wav"), 0.4, "ONE"),
