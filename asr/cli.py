@@ -280,16 +280,13 @@ def _one_speaker_cmvn(recognizer, paths: list[Path], model_path) -> list | None:
                           else f"this one normalizes by {normalization!r}"))
     from types import SimpleNamespace
 
-    import numpy as np
-
-    from asr.features import estimate_speaker_cmvn
+    from asr.features import cmvn_rows, estimate_speaker_cmvn
 
     inputs = [SimpleNamespace(audio=path, speaker="inputs") for path in paths]
     statistics = estimate_speaker_cmvn(inputs, recognizer.feature_config, progress=sys.stderr.isatty())
     if not statistics:
         return None
-    rows = np.array([statistics["inputs"]["mean"], statistics["inputs"]["std"]], dtype=np.float32)
-    return [rows] * len(paths)
+    return [cmvn_rows(statistics["inputs"]).numpy()] * len(paths)
 
 
 def cmd_evaluate(args) -> int:

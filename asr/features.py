@@ -286,15 +286,16 @@ class SpeakerCmvn:
     (the training set's, which the model also holds) for an utterance of no known speaker."""
 
     def __init__(self, by_speaker: dict[str, dict], default: dict):
-        self.by_speaker = {speaker: _as_rows(statistics) for speaker, statistics in by_speaker.items()}
-        self.default = _as_rows(default)
+        self.by_speaker = {speaker: cmvn_rows(statistics) for speaker, statistics in by_speaker.items()}
+        self.default = cmvn_rows(default)
 
     def rows(self, speaker: str | None) -> torch.Tensor:
         """(2, n_mels) float32: the mean and standard deviation that normalize an utterance of `speaker`."""
         return self.by_speaker.get(speaker, self.default)
 
 
-def _as_rows(statistics: dict) -> torch.Tensor:
+def cmvn_rows(statistics: dict) -> torch.Tensor:
+    """(2, n_mels) float32: the mean and the standard deviation of CMVN statistics, as `Frontend` takes them."""
     return torch.tensor([list(statistics["mean"]), list(statistics["std"])], dtype=torch.float32)
 
 

@@ -258,9 +258,8 @@ class Trainer:
         self.model = Recognizer(config.model, config.features, self.tokenizer, config.specaugment, cmvn)
         self.speaker_cmvn = self.dev_speaker_cmvn = None  # statistics by speaker, under `normalization: speaker`
         if config.features.normalization == "speaker":
-            training_set = {"mean": self.model.frontend.cmvn.mean.tolist(), "std": self.model.frontend.cmvn.std.tolist()}
-            self.speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("train", self.train_utts), training_set)
-            self.dev_speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("dev", self.dev_utts), training_set)
+            self.speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("train", self.train_utts), cmvn)
+            self.dev_speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("dev", self.dev_utts), cmvn)
         self.model.to(self.procs.device)
         self.ddp_model = self.model
         if self.procs.world_size > 1:
@@ -335,27 +334,30 @@ class Trainer:
             log.info("tensorboard not installed: scalars go to train.log only")
 
     def _cmvn_stats(self) -> dict:
-        """Global CMVN statistics: data.cmvn's file, or estimated here once (rank 0) and shared through the exp folder."""
+        """Global CMVN statistics: data.cmvn's file, or estimated once into exp/NAME/cmvn.json."""
         if self.config.data.cmvn:
             return load_cmvn(self.config.data.cmvn)
-        path = self.out / "cmvn.json"
-        if self.procs.is_main and not path.exists():
-            stats = estimate_cmvn(self.train_utts, self.config.features, max_utterances=2000, progress=self.progress)
-            save_cmvn(path, stats)
-        if self.procs.world_size > 1:
-            dist.barrier()
-        return load_cmvn(path)
+        return self._estimated_once(
+            self.out / "cmvn.json", load_cmvn,
+            lambda: estimate_cmvn(self.train_utts, self.config.features, max_utterances=2000, progress=self.progress))
 
     def _speaker_cmvn_stats(self, name: str, utterances) -> dict[str, dict]:
-        """Each speaker's CMVN statistics over `utterances`, estimated once (rank 0) into exp/NAME/speaker_cmvn_NAME.json
-        and read from there by the other ranks and by a resumed run (again if its manifest has other speakers)."""
-        path = self.out / f"speaker_cmvn_{name}.json"
+        """Each speaker's CMVN statistics over `utterances`, estimated once into exp/NAME/speaker_cmvn_NAME.json
+        (again on resume if the manifest has other speakers)."""
         speakers = {utterance.speaker for utterance in utterances} - {None}
-        if self.procs.is_main and not (path.exists() and speakers <= json.loads(path.read_text()).keys()):
-            save_cmvn(path, estimate_speaker_cmvn(utterances, self.config.features, progress=self.progress))
+        return self._estimated_once(
+            self.out / f"speaker_cmvn_{name}.json", lambda path: json.loads(path.read_text()),
+            lambda: estimate_speaker_cmvn(utterances, self.config.features, progress=self.progress),
+            still_valid=lambda saved: speakers <= saved.keys())
+
+    def _estimated_once(self, path: Path, load, estimate, still_valid=lambda saved: True):
+        """Statistics computed by rank 0 with `estimate()` into `path` (unless the file there is `still_valid`), then
+        read from it with `load` by every rank, and by a resumed run."""
+        if self.procs.is_main and not (path.exists() and still_valid(load(path))):
+            save_cmvn(path, estimate())
         if self.procs.world_size > 1:
             dist.barrier()
-        return json.loads(path.read_text())
+        return load(path)
 
     def _latest_checkpoint(self) -> Path | None:
         checkpoints = sorted((self.out / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))

@@ -131,16 +131,16 @@ def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, d
         name, duration = "<waveform>", audio.size / SAMPLE_RATE
     else:
         name, duration = str(audio), _duration(Path(audio))
-    cmvn_rows = None if speaker_cmvn is None else speaker_cmvn[None]  # a batch of one
+    speaker_rows = None if speaker_cmvn is None else speaker_cmvn[None]  # a batch of one
     with _evaluation_mode(recognizer):
         if duration <= chunk_seconds:
             wave = audio if is_waveform else load_samples(audio)
-            (hypothesis,) = _decode_waves(recognizer, decoder, [wave], cmvn_rows)
+            (hypothesis,) = _decode_waves(recognizer, decoder, [wave], speaker_rows)
             transcript = Transcript(name, hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words))
         else:
             windows = (_slide_windows(audio, chunk_seconds, overlap_seconds) if is_waveform
                        else stream_samples(audio, chunk_seconds, overlap_seconds=overlap_seconds))
-            words = stitch_windows(_decode_windows(recognizer, decoder, windows, cmvn_rows))
+            words = stitch_windows(_decode_windows(recognizer, decoder, windows, speaker_rows))
             transcript = Transcript(name, " ".join(word.word for word in words), duration, words)
     transcript.compute_seconds = time.perf_counter() - started
     return transcript
