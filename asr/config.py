@@ -24,12 +24,23 @@ from asr.model import ModelConfig
 class DataConfig:
     train: str = ""  # manifest paths, relative to the directory the command runs in (the recipe's)
     dev: str = ""
-    max_seconds: float = 200.0  # padded audio seconds per batch (per GPU)
+    # The global batch: padded audio seconds of one optimizer step, summed over every process and micro-batch; the
+    # same training on 1 GPU or 64, only faster.
+    max_seconds: float = 200.0
+    # The most padded audio seconds one device forwards at once; 0 = no limit. Each process accumulates the gradients
+    # of about max_seconds / (processes × device_max_seconds) micro-batches a step.
+    device_max_seconds: float = 0.0
     max_duration: float = 35.0  # utterances longer than this are skipped (counted) when training
     num_workers: int = 2
     speed_factors: list[float] = field(default_factory=lambda: [1.0])
     sortagrad: bool = False  # first epoch in order of length (DeepSpeech 2): eases CTC off its blank plateau
     cmvn: str = ""  # global CMVN statistics from `asr features`; empty: estimated from the training manifest
+
+    def __post_init__(self):
+        if not self.max_seconds > 0:
+            raise ConfigError(f"data.max_seconds: {self.max_seconds} is not a positive number of seconds")
+        if self.device_max_seconds < 0:
+            raise ConfigError(f"data.device_max_seconds: {self.device_max_seconds} is negative (0 = no limit)")
 
 
 @dataclass
@@ -46,11 +57,16 @@ class OptimConfig:
     weight_decay: float = 1e-2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     schedule: str = "cosine"  # "cosine" | "noam" | "constant"; all start with a linear warmup
-    warmup_steps: int = 500
+    # Linear warmup over this fraction of the run's optimizer steps (under decay_by: time, of train.max_minutes);
+    # the decay runs over the rest.
+    warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.02  # cosine decays to lr * min_lr_ratio
     decay_by: str = "steps"  # "steps" | "time": decay over train.max_minutes, for runs on a time budget
     grad_clip: float = 5.0
-    accum_steps: int = 1
+
+    def __post_init__(self):
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"optim.warmup_fraction: {self.warmup_fraction} is not in [0, 1)")
 
 
 @dataclass
@@ -86,12 +102,24 @@ class ExperimentConfig:
                          else dataclasses.asdict(getattr(self, f.name))) for f in dataclasses.fields(self)}
 
 
+# Keys of older configs, and what took their place: named in the error, not only "unknown key".
+RETIRED_KEYS = {
+    "optim.warmup_steps": "optim.warmup_fraction, a fraction of the run's optimizer steps",
+    "optim.accum_steps": "data.device_max_seconds: accumulation follows from the global batch data.max_seconds, the "
+                         "number of processes and what one device holds",
+}
+
+
 def build_dataclass(cls, values: dict, where: str = ""):
     """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys raise ConfigError."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    for name in values:
+        if f"{where}.{name}" in RETIRED_KEYS:
+            raise ConfigError(f"{where}.{name} is no longer a setting; use {RETIRED_KEYS[f'{where}.{name}']} "
+                              f"(data.max_seconds is now the batch of one optimizer step over all processes)")
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")

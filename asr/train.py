@@ -13,6 +13,7 @@ random number generator, so a resumed run follows the same losses as one never s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from asr.checkpoint import (load_checkpoint, read_plain_data, remove_unfinished_writes, save_checkpoint, save_model,
                             write_atomically)
-from asr.config import ExperimentConfig, save_config
-from asr.data.dataset import SpeechDataset, collate
+from asr import distributed
+from asr.config import ExperimentConfig, OptimConfig, save_config
+from asr.data.dataset import Batch, SpeechDataset, collate
 from asr.data.manifest import read_manifest
 from asr.data.sampler import DurationBucketSampler
 from asr.decoding import GreedyDecoder
@@ -46,31 +47,7 @@ log = logging.getLogger("asr.train")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Processes and devices
-
-
-@dataclass
-class Processes:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def start_processes(device: str | None) -> Processes:
-    """Join the torchrun process group when launched by torchrun; otherwise a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Processes(device=torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Processes(dist.get_rank(), world_size, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"))
+# Random numbers and precision
 
 
 def seed_everything(seed: int) -> None:
@@ -158,6 +135,16 @@ def build_tokenizer(config: ExperimentConfig, train_texts: list[str]):
     raise ConfigError(f"tokenizer.kind: {tok.kind!r} is not 'char' or 'bpe'")
 
 
+def main_process_tokenizer(config: ExperimentConfig, train_texts: list[str]):
+    """The tokenizer built by the main process, on every process. Nothing guarantees that sentencepiece, run once a
+    process, gives every process the same pieces in the same order; if it did not, the replicas would train one output
+    layer on different meanings of each token, silently."""
+    if distributed.world_size() == 1:
+        return build_tokenizer(config, train_texts)
+    built = distributed.from_main(build_tokenizer(config, train_texts).to_dict() if distributed.is_main() else None)
+    return tokenizer_from_dict(built)
+
+
 def usable_utterances(utterances, tokenizer, config: ExperimentConfig, skips: SkipLog) -> list:
     """Drop (and log) what CTC cannot train on: too long, no usable tokens, more tokens than output frames."""
     frames_per_second = 1000.0 / config.features.hop_ms / 4  # the model subsamples 4× in time
@@ -187,21 +174,20 @@ def usable_utterances(utterances, tokenizer, config: ExperimentConfig, skips: Sk
 # Schedule
 
 
-def lr_factor(step: int, config: ExperimentConfig, decay_progress: float) -> float:
-    """Multiplier of optim.lr at a step: linear warmup, then cosine decay, Noam's inverse square root, or constant.
+def lr_factor(optim: OptimConfig, warmup_progress: float, decay_progress: float) -> float:
+    """Multiplier of optim.lr: linear warmup, then cosine decay, Noam's inverse square root, or constant.
 
-    `decay_progress` is how far along the decay is, from 0 (end of warmup) to 1 (end of training): by steps, or with
-    `optim.decay_by: time` by the share of `train.max_minutes` spent, so that a run on a time budget still anneals
-    to its lowest rate whatever the speed of the machine.
+    `warmup_progress` is how far along the warmup is (1 at its end: (step + 1) / warmup steps, or under
+    `optim.decay_by: time` the time spent over the warmup's share of the budget); `decay_progress` how far the decay
+    is, from 0 (end of warmup) to 1 (end of training), so that a run on a time budget still anneals to its lowest
+    rate whatever the speed of the machine.
     """
-    optim = config.optim
-    warmup = max(1, optim.warmup_steps)
-    if step < warmup:
-        return (step + 1) / warmup
+    if warmup_progress < 1:
+        return max(0.0, warmup_progress)
     if optim.schedule == "constant":
         return 1.0
     if optim.schedule == "noam":
-        return math.sqrt(warmup / (step + 1))
+        return math.sqrt(1 / warmup_progress)
     if optim.schedule == "cosine":
         progress = min(1.0, max(0.0, decay_progress))
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -212,25 +198,38 @@ def lr_factor(step: int, config: ExperimentConfig, decay_progress: float) -> flo
 # The trainer
 
 
+@dataclass
+class TrainingState:
+    """How far training is: saved in every checkpoint, restored on resume (with the optimizer's, the sampler's and the
+    random generators' own states)."""
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    elapsed: float = 0.0  # seconds spent training, summed over resumed runs (the time budget and decay_by read it)
+    bad_batches: int = 0  # steps skipped: a NaN loss, or a batch too large for the GPU
+    history: list[dict] = field(default_factory=list)  # validation results
+    best: list[tuple[float, int]] = field(default_factory=list)  # (dev WER, step) of the kept best checkpoints
+
+
 class Trainer:
     def __init__(self, config: ExperimentConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
                  progress: bool = True):
         self.config = config
         self.out = Path(out_dir)
-        self.procs = start_processes(device)
-        self.progress = progress and self.procs.is_main
+        self.device = distributed.start(device)
+        self.world_size = distributed.world_size()
+        self.progress = progress and distributed.is_main()
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         seed_everything(config.train.seed)
-        checkpoint = self._latest_checkpoint() if resume else None
-        if resume and checkpoint is None and self.procs.is_main:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out / "checkpoints")
-        if self.procs.is_main:
+        if distributed.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
         self._setup_logging()
-        if self.procs.is_main:
+        if distributed.is_main():
             for leftover in remove_unfinished_writes(self.out / "checkpoints"):
                 log.warning("removed %s: a checkpoint whose writing was interrupted", leftover)
+        checkpoint = self._latest_checkpoint() if resume else None
+        if resume and checkpoint is None and distributed.is_main():
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out / "checkpoints")
         self.skips = SkipLog()
         payload = load_checkpoint(checkpoint) if checkpoint else None
 
@@ -241,7 +240,7 @@ class Trainer:
         if payload:
             self.tokenizer = tokenizer_from_dict(payload["tokenizer"])
         else:
-            self.tokenizer = self._rank0_tokenizer(config, [u.text for u in train_utts])
+            self.tokenizer = main_process_tokenizer(config, [u.text for u in train_utts])
         self.train_utts = usable_utterances(train_utts, self.tokenizer, config, self.skips)
         if not self.train_utts:
             raise AsrError(f"{config.data.train}: no usable training utterances ({self.skips.summary()})")
@@ -250,7 +249,7 @@ class Trainer:
         # Model.
         config.model.vocab_size = self.tokenizer.vocab_size
         config.model.input_dim = config.features.n_mels
-        if self.procs.is_main:  # now that it holds what the data decided: the model's input and output sizes
+        if distributed.is_main():  # now that it holds what the data decided: the model's input and output sizes
             save_config(config, self.out / "config.yaml")
         cmvn = None
         if config.features.normalization in ("global", "speaker"):  # under `speaker`, for audio of no known speaker
@@ -260,64 +259,86 @@ class Trainer:
         if config.features.normalization == "speaker":
             self.speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("train", self.train_utts), cmvn)
             self.dev_speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("dev", self.dev_utts), cmvn)
-        self.model.to(self.procs.device)
+        self.model.to(self.device)
         self.ddp_model = self.model
-        if self.procs.world_size > 1:
+        if self.world_size > 1:
+            # No buffer broadcast: the only buffers are CMVN statistics, the same on every rank, and a broadcast at
+            # every forward would make the ranks' numbers of micro-batches a step have to match.
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.procs.device.index] if self.procs.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
 
-        # Batches: every rank sees its own shard of the same bucketed, shuffled epoch.
+        # Batches: every rank computes the same global batches, one an optimizer step, and takes its share of each.
         self.dataset = SpeechDataset(self.train_utts, self.tokenizer, speed_factors=tuple(config.data.speed_factors),
                                      seed=config.train.seed, sample_rate=config.features.sample_rate,
                                      speaker_cmvn=self.speaker_cmvn)
         self.sampler = DurationBucketSampler([u.duration for u in self.train_utts], config.data.max_seconds,
-                                             seed=config.train.seed, shuffle=True, rank=self.procs.rank,
-                                             world_size=self.procs.world_size, sortagrad=config.data.sortagrad)
-        steps_per_epoch = math.ceil(len(self.sampler) / config.optim.accum_steps)
-        self.total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
-
-        # Progress counters (all restored on resume; the schedule reads elapsed).
-        self.step = 0  # optimizer steps taken
-        self.epoch = 0
-        self.elapsed = 0.0  # seconds spent training, summed over resumed runs
-        self.bad_batches = 0
-        self.history: list[dict] = []  # validation results
-        self.best: list[tuple[float, int]] = []  # (dev WER, step) of the kept best checkpoints
+                                             seed=config.train.seed, shuffle=True, rank=distributed.rank(),
+                                             world_size=self.world_size, sortagrad=config.data.sortagrad,
+                                             device_max_seconds=config.data.device_max_seconds)
+        # The run's length counts shuffled epochs: SortaGrad's sorted first epoch packs into fewer batches.
+        self.steps_per_epoch = self.sampler.steps_in_shuffled_epoch()
+        self.total_steps = config.train.max_steps or self.steps_per_epoch * config.train.epochs
+        self.warmup_steps = max(1, round(config.optim.warmup_fraction * self.total_steps))
+        self.state = TrainingState()
 
         # Optimization.
+        if config.optim.schedule == "noam" and not config.optim.warmup_fraction:
+            raise ConfigError("optim.schedule: noam decays from the end of its warmup; set optim.warmup_fraction")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, config, self._decay_progress(step)))
-        self.amp_dtype = autocast_dtype(config.train.precision, self.procs.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self._lr_factor(step))
+        self.amp_dtype = autocast_dtype(config.train.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=scales_losses(self.amp_dtype))
 
         if payload is not None:
             self._restore(payload)
-            log.info("resumed from %s at step %d (epoch %d)", checkpoint, self.step, self.epoch)
-        if self.procs.is_main:
-            log.info("model: %s", self.model.describe())
-            log.info("training on %d utterances (%.1f h) on %s, %d process(es); skipped: %s",
-                     len(self.train_utts), sum(u.duration for u in self.train_utts) / 3600, self.procs.device,
-                     self.procs.world_size, self.skips.summary())
+            log.info("resumed from %s at step %d (epoch %d)", checkpoint, self.state.step, self.state.epoch)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.state.step) if distributed.is_main() else None
+        self._log_start()
 
     # -- set-up helpers ------------------------------------------------------------------------------------------
 
-    def _decay_progress(self, step: int) -> float:
-        """How far the learning-rate decay is: by steps, or by time spent of train.max_minutes (optim.decay_by)."""
+    def _lr_factor(self, step: int) -> float:
+        """The learning rate's multiplier at `step`: warmup and decay by steps, or by time spent of train.max_minutes
+        (optim.decay_by)."""
         optim, budget = self.config.optim, self.config.train.max_minutes * 60
         if optim.decay_by == "time":
             if not budget:
                 raise ConfigError("optim.decay_by: 'time' needs a time budget (train.max_minutes)")
-            return self.elapsed / budget
+            warmup = optim.warmup_fraction * budget
+            return lr_factor(optim, self.state.elapsed / warmup if warmup else math.inf,
+                             (self.state.elapsed - warmup) / (budget - warmup))
         if optim.decay_by != "steps":
             raise ConfigError(f"optim.decay_by: {optim.decay_by!r} is not 'steps' or 'time'")
-        warmup = max(1, optim.warmup_steps)
-        return (step - warmup) / max(1, self.total_steps - warmup)
+        return lr_factor(optim, (step + 1) / self.warmup_steps,
+                         (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+
+    def _log_start(self) -> None:
+        """What the run is, in train.log and metrics.jsonl: the processes, the global batch and the run's length."""
+        if not distributed.is_main():
+            return
+        data = self.config.data
+        hours = sum(u.duration for u in self.train_utts) / 3600
+        log.info("model: %s", self.model.describe())
+        log.info("training on %d utterances (%.1f h) on %s, %d process(es); skipped: %s", len(self.train_utts),
+                 hours, self.device, self.world_size, self.skips.summary())
+        micro = math.ceil(data.max_seconds / (self.world_size * data.device_max_seconds)) if data.device_max_seconds else 1
+        log.info("global batch %g padded s a step (%d process(es) × about %d micro-batch(es) of at most %s); %d steps "
+                 "an epoch, %d steps in all, warmup %s", data.max_seconds, self.world_size, micro,
+                 f"{data.device_max_seconds:g} s" if data.device_max_seconds else "the process's share",
+                 self.steps_per_epoch, self.total_steps,
+                 f"{self.config.optim.warmup_fraction:g} of train.max_minutes" if self.config.optim.decay_by == "time"
+                 else f"{self.warmup_steps} steps")
+        self.metrics.write(event="start", step=self.state.step, epoch=self.state.epoch, world_size=self.world_size,
+                           device=str(self.device), global_batch_seconds=data.max_seconds,
+                           device_max_seconds=data.device_max_seconds, steps_per_epoch=self.steps_per_epoch,
+                           total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                           utterances=len(self.train_utts), audio_hours=hours, train_manifest=data.train)
 
     def _setup_logging(self) -> None:
         self.writer = None
-        if not self.procs.is_main:
+        if not distributed.is_main():
             return
         for stale in [h for h in log.handlers if getattr(h, "asr_train_log", False)]:  # a crashed trainer's
             log.removeHandler(stale)
@@ -353,190 +374,192 @@ class Trainer:
     def _estimated_once(self, path: Path, load, estimate, still_valid=lambda saved: True):
         """Statistics computed by rank 0 with `estimate()` into `path` (unless the file there is `still_valid`), then
         read from it with `load` by every rank, and by a resumed run."""
-        if self.procs.is_main and not (path.exists() and still_valid(load(path))):
+        if distributed.is_main() and not (path.exists() and still_valid(load(path))):
             save_cmvn(path, estimate())
-        if self.procs.world_size > 1:
-            dist.barrier()
+        distributed.barrier()
         return load(path)
 
     def _latest_checkpoint(self) -> Path | None:
+        """The checkpoint the main process resumes from, on every process. The experiment folder must be one that
+        every node sees (a shared file system): a node that does not see the checkpoint stops the run, rather than
+        train from scratch beside the others."""
         checkpoints = sorted((self.out / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-        return checkpoints[-1] if checkpoints else None
+        chosen = distributed.from_main(str(checkpoints[-1]) if checkpoints else None)
+        if not distributed.all_agree(chosen is None or Path(chosen).is_file()):
+            raise AsrError(f"{chosen}: the checkpoint to resume from is missing on some node; --out must be a folder "
+                           f"that every node sees (a shared file system)")
+        return Path(chosen) if chosen else None
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def _trainer_state(self) -> dict:
         return {
-            "step": self.step, "epoch": self.epoch, "elapsed": self.elapsed, "bad_batches": self.bad_batches,
+            **dataclasses.asdict(self.state), "best": [list(b) for b in self.state.best],
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_state(),
-            "history": self.history, "best": [list(b) for b in self.best],
             "skipped": [list(s) for s in self.skips.entries.items()],
         }
 
     def _restore(self, payload: dict) -> None:
-        state = payload["trainer"]
+        saved = payload["trainer"]
         self.model.load_state_dict(payload["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] or not self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if saved["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["scaler"])
         else:  # saved while losses were not scaled (bf16 before scales_losses): the scaler starts afresh
             log.info("the checkpoint's loss scaler was off; scaling losses from GradScaler's initial scale")
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        self.step, self.epoch, self.elapsed = state["step"], state["epoch"], state["elapsed"]
-        self.bad_batches = state["bad_batches"]
-        self.history = state["history"]
-        self.best = [tuple(b) for b in state["best"]]
-        self.skips.entries = dict(state["skipped"])  # with the unreadable files met before the interruption
+        self.sampler.load_state_dict(saved["sampler"])
+        set_rng_state(saved["rng"])
+        self.state = TrainingState(step=saved["step"], epoch=saved["epoch"], elapsed=saved["elapsed"],
+                                   bad_batches=saved["bad_batches"], history=saved["history"],
+                                   best=[tuple(b) for b in saved["best"]])
+        self.skips.entries = dict(saved["skipped"])  # with the unreadable files met before the interruption
 
     def _metadata(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "train_manifest": self.config.data.train,
-                "dev_manifest": self.config.data.dev, "train_hours": self.elapsed / 3600,
-                "dev_wer": self.history[-1]["wer"] if self.history else None, "asr_config": self.config.to_dict()}
+        state = self.state
+        return {"step": state.step, "epoch": state.epoch, "train_manifest": self.config.data.train,
+                "dev_manifest": self.config.data.dev, "train_hours": state.elapsed / 3600,
+                "dev_wer": state.history[-1]["wer"] if state.history else None, "asr_config": self.config.to_dict()}
 
     def save_checkpoint(self) -> None:
-        if not self.procs.is_main:
+        if not distributed.is_main():
             return
         folder = self.out / "checkpoints"
-        save_checkpoint(folder / f"ckpt-{self.step}.pt", self.model, self._trainer_state(), self._metadata())
+        save_checkpoint(folder / f"ckpt-{self.state.step}.pt", self.model, self._trainer_state(), self._metadata())
         for old in sorted(folder.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-self.config.train.keep_checkpoints]:
             old.unlink()
 
     def _keep_if_best(self, wer: float) -> None:
         folder = self.out / "checkpoints"
-        self.best.append((wer, self.step))
-        self.best.sort()
-        save_model(self.model, folder / f"best-{self.step}.pt", self._metadata())
-        for _, step in self.best[self.config.train.keep_best:]:
+        best = self.state.best
+        best.append((wer, self.state.step))
+        best.sort()
+        save_model(self.model, folder / f"best-{self.state.step}.pt", self._metadata())
+        for _, step in best[self.config.train.keep_best:]:
             (folder / f"best-{step}.pt").unlink(missing_ok=True)
-        self.best = self.best[:self.config.train.keep_best]
+        del best[self.config.train.keep_best:]
 
     # -- one step ------------------------------------------------------------------------------------------------
 
     def _loss(self, batch) -> torch.Tensor:
-        with torch.autocast(self.procs.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
+        """The batch's CTC loss, summed over its utterances (the step divides it by the tokens of the whole step)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
             log_probs, out_lengths = self.ddp_model(batch.audio, batch.audio_lengths, batch.speaker_cmvn)
-        # CTC in fp32: its log-sum-exp over long lattices loses too much in half precision. "mean" divides each
-        # utterance's loss by its target length, then averages over the batch.
+        # CTC in fp32: its log-sum-exp over long lattices loses too much in half precision.
         return F.ctc_loss(log_probs.float().transpose(0, 1), batch.tokens, out_lengths, batch.token_lengths,
-                          blank=0, reduction="mean", zero_infinity=True)
-
-    def _all_ranks_agree(self, ok: bool) -> bool:
-        """True only when every rank's batch was fine: a NaN on one rank skips the step everywhere."""
-        if self.procs.world_size == 1:
-            return ok
-        flag = torch.tensor([0.0 if ok else 1.0], device=self.procs.device)
-        dist.all_reduce(flag)
-        return flag.item() == 0
-
-    def _rank0_tokenizer(self, config: ExperimentConfig, train_texts: list[str]):
-        """The tokenizer built by rank 0, on every rank. Nothing guarantees that sentencepiece, run once a rank, gives
-        every rank the same pieces in the same order; if it did not, the replicas would train one output layer on
-        different meanings of each token, silently."""
-        if self.procs.world_size == 1:
-            return build_tokenizer(config, train_texts)
-        built = [build_tokenizer(config, train_texts).to_dict() if self.procs.is_main else None]
-        dist.broadcast_object_list(built, src=0)
-        return tokenizer_from_dict(built[0])
-
-    def _share_elapsed(self) -> None:
-        """Every rank takes rank 0's training time: the time budget must end all ranks at the same step, and the
-        learning rate decayed by time (optim.decay_by) must be the same everywhere, or the replicas drift apart."""
-        if self.procs.world_size == 1:
-            return
-        elapsed = torch.tensor([self.elapsed], dtype=torch.float64, device=self.procs.device)
-        dist.broadcast(elapsed, src=0)
-        self.elapsed = elapsed.item()
+                          blank=0, reduction="sum", zero_infinity=True)
 
     def _skip_bad_batch(self, reason: str, ids: list[str]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.bad_batches += 1
+        self.state.bad_batches += 1
         self.bad_in_row += 1
-        log.warning("step %d: skipped a batch (%s): %s", self.step, reason, " ".join(ids[:5]))
+        log.warning("step %d: skipped a batch (%s): %s", self.state.step, reason, " ".join(ids[:5]))
         if self.bad_in_row >= self.config.train.max_bad_batches_in_row:
             raise AsrError(f"{self.bad_in_row} bad batches in a row (last: {reason}); stopping. Lower optim.lr, "
                            f"check the data, or raise train.max_bad_batches_in_row")
 
+    def train_step(self, batches: list[Batch]) -> dict | None:
+        """One optimizer step on this rank's micro-batches of a global batch.
+
+        The loss is the CTC loss summed over every utterance of the step, on every rank, divided by the target tokens
+        of the step, on every rank: the gradient is the same however the global batch was split. (DDP averages the
+        ranks' gradients; each rank's loss is multiplied by the number of ranks to make that average a sum.) Returns
+        the step's figures over every rank, or None when it was skipped on every rank."""
+        for batch in batches:
+            for utt_id, reason in batch.skipped:
+                self.skips.add(utt_id, f"unreadable audio: {reason}")
+        batches = [batch for batch in batches if len(batch)]
+        tokens, audio_seconds = distributed.sum_over_ranks(
+            [sum(int(b.token_lengths.sum()) for b in batches),
+             sum(float(b.audio_lengths.sum()) for b in batches) / self.config.features.sample_rate])
+        if not tokens:  # every utterance of the global batch was unreadable
+            return None
+        weight = 1.0
+        if not batches:  # this rank's share is empty, yet DDP needs its backward: silence, weighing nothing
+            batches, weight = [silent_batch(self.config.features.sample_rate)], 0.0
+        ok, loss_sum, ids = True, 0.0, [utt_id for batch in batches for utt_id in batch.ids]
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            # Gradients are summed over ranks at the backward of each rank's last micro-batch only.
+            with nullcontext() if last or self.world_size == 1 else self.ddp_model.no_sync():
+                if ok:
+                    try:
+                        loss = self._loss(batch.to(self.device, non_blocking=True)) * weight
+                    except torch.cuda.OutOfMemoryError as error:
+                        if self.world_size > 1:  # the other ranks would wait for this one's gradients forever
+                            raise AsrError(f"step {self.state.step}: out of GPU memory on a batch of {len(batch)} "
+                                           f"utterances ({' '.join(batch.ids[:5])}); lower data.device_max_seconds"
+                                           ) from error
+                        torch.cuda.empty_cache()
+                        self._skip_bad_batch("out of GPU memory; lower data.device_max_seconds", batch.ids)
+                        return None
+                    ok = bool(torch.isfinite(loss))
+                if last:  # before the backward that sums gradients: a NaN on one rank skips the step on all
+                    ok = distributed.all_agree(ok)
+                if ok:
+                    self.scaler.scale(loss * (self.world_size / tokens)).backward()
+                    loss_sum += loss.item()
+        if not ok:
+            self._skip_bad_batch("loss is NaN or infinite", ids)
+            return None
+        lr = self.optimizer.param_groups[0]["lr"]  # this step's (the scheduler moves on after it)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss_sum": loss_sum, "tokens": tokens, "grad_norm": float(grad_norm), "audio_seconds": audio_seconds,
+                "lr": lr}
+
     # -- the loop ------------------------------------------------------------------------------------------------
 
     def run(self) -> Path | None:
-        cfg = self.config
+        cfg, state = self.config, self.state
         loader_generator = torch.Generator()  # loaders draw worker seeds from it, not from the global RNG
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
-            pin_memory=self.procs.device.type == "cuda", generator=loader_generator,
-            persistent_workers=False)
+            pin_memory=self.device.type == "cuda", generator=loader_generator, persistent_workers=False)
         self.bad_in_row = 0
         budget = cfg.train.max_minutes * 60
-        stop = self.step >= self.total_steps or bool(budget and self.elapsed >= budget)  # a finished run, resumed
-        while not stop and self.epoch < cfg.train.epochs:
-            self.sampler.set_epoch(self.epoch)
-            self.dataset.set_epoch(self.epoch)
-            loader_generator.manual_seed(cfg.train.seed + self.epoch)
-            bar = tqdm(total=len(self.sampler), initial=self.sampler.position, desc=f"epoch {self.epoch + 1}",
+        stop = state.step >= self.total_steps or bool(budget and state.elapsed >= budget)  # a finished run, resumed
+        while not stop and state.epoch < cfg.train.epochs:
+            self.sampler.set_epoch(state.epoch)
+            self.dataset.set_epoch(state.epoch)
+            loader_generator.manual_seed(cfg.train.seed + state.epoch)
+            bar = tqdm(total=self.sampler.num_steps, initial=self.sampler.position, desc=f"epoch {state.epoch + 1}",
                        disable=not self.progress, dynamic_ncols=True)
-            micro = 0  # micro-batches accumulated into the next optimizer step
-            window_audio, window_start = 0.0, time.perf_counter()
-            self._tick = time.perf_counter()
-            for batch in loader:
+            window = {"loss_sum": 0.0, "tokens": 0.0, "audio_seconds": 0.0, "start": time.perf_counter()}
+            tick = time.perf_counter()
+            loaded = iter(loader)  # this rank's micro-batches, in the order of rank_steps()
+            for share in self.sampler.rank_steps():
+                result = self.train_step([next(loaded) for _ in share])
                 self.sampler.advance(1)
-                for utt_id, reason in batch.skipped:
-                    self.skips.add(utt_id, f"unreadable audio: {reason}")
                 bar.update(1)
-                if not self._all_ranks_agree(bool(batch.ids)):  # every utterance of a batch was unreadable
-                    continue
-                batch = batch.to(self.procs.device, non_blocking=True)
-                micro += 1
-                last_micro = micro == cfg.optim.accum_steps
-                sync = nullcontext() if last_micro or self.procs.world_size == 1 else self.ddp_model.no_sync()
-                try:
-                    with sync:
-                        loss = self._loss(batch)
-                        finite = self._all_ranks_agree(bool(torch.isfinite(loss)))
-                        if finite:
-                            self.scaler.scale(loss / cfg.optim.accum_steps).backward()
-                except torch.cuda.OutOfMemoryError as error:
-                    if self.procs.world_size > 1:  # the other ranks wait in all-reduce: a skip here would hang them
-                        raise AsrError(f"step {self.step}: out of GPU memory on a batch of {len(batch)} utterances "
-                                       f"({' '.join(batch.ids[:5])}); lower data.max_seconds") from error
-                    torch.cuda.empty_cache()
-                    micro = 0
-                    self._skip_bad_batch("out of GPU memory; lower data.max_seconds", batch.ids)
-                    continue
-                if not finite:
-                    micro = 0
-                    self._skip_bad_batch("loss is NaN or infinite", batch.ids)
-                    continue
-                if last_micro:
-                    micro = 0
-                    self.scaler.unscale_(self.optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scheduler.step()
-                    self.step += 1
-                    self.bad_in_row = 0
                 now = time.perf_counter()
-                self.elapsed += now - self._tick  # wall time of training, data loading included
-                self._tick = now
-                self._share_elapsed()  # each micro-batch: the scheduler reads elapsed before the last one's time is in
-                window_audio += float(batch.audio_lengths.sum()) / cfg.features.sample_rate * self.procs.world_size
-                if last_micro and self.step % cfg.train.log_every == 0:
-                    rate = window_audio / (time.perf_counter() - window_start)
-                    self._log_step(loss.item(), grad_norm.item(), rate, bar)
-                    window_audio, window_start = 0.0, time.perf_counter()
-                if last_micro:
-                    stop = self._after_step(budget)
-                    self._tick = time.perf_counter()  # validation and checkpoints are not training time
-                    if stop:
-                        break
+                state.elapsed += now - tick  # wall time of training, data loading included
+                # Every rank takes rank 0's clock, before the scheduler reads it: the time budget must end all ranks
+                # at the same step, and a learning rate decayed by time must be the same everywhere.
+                state.elapsed = distributed.from_main(state.elapsed)
+                if result is None:
+                    tick = time.perf_counter()
+                    continue
+                self.scheduler.step()
+                state.step += 1
+                self.bad_in_row = 0
+                for key in ("loss_sum", "tokens", "audio_seconds"):
+                    window[key] += result[key]
+                if state.step % cfg.train.log_every == 0:
+                    self._log_step(window, result, bar)
+                    window = {"loss_sum": 0.0, "tokens": 0.0, "audio_seconds": 0.0, "start": time.perf_counter()}
+                stop = self._after_step(budget)
+                tick = time.perf_counter()  # validation and checkpoints are not training time
+                if stop:
+                    break
             bar.close()
-            if self.sampler.position >= len(self.sampler):  # the epoch ran to its end
-                self.epoch += 1
-                self.sampler.set_epoch(self.epoch)  # position back to 0: a checkpoint now resumes at the new epoch
+            if self.sampler.position >= self.sampler.num_steps:  # the epoch ran to its end
+                state.epoch += 1
+                self.sampler.set_epoch(state.epoch)  # position back to 0: a checkpoint now resumes at the new epoch
                 if not stop and not cfg.train.validate_every:
                     stop = self.validate()
                 if not stop and not cfg.train.checkpoint_every:
@@ -545,25 +568,34 @@ class Trainer:
 
     def _after_step(self, budget: float) -> bool:
         """Periodic validation and checkpoints, and always both at the last step; True when training should stop."""
-        cfg = self.config.train
-        stop = bool(self.step >= self.total_steps or (budget and self.elapsed >= budget))
-        if stop or (cfg.validate_every and self.step % cfg.validate_every == 0):
+        cfg, step = self.config.train, self.state.step
+        stop = bool(step >= self.total_steps or (budget and self.state.elapsed >= budget))
+        if stop or (cfg.validate_every and step % cfg.validate_every == 0):
             stop = self.validate() or stop
-        if stop or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+        if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             self.save_checkpoint()
         return stop
 
-    def _log_step(self, loss: float, grad_norm: float, audio_per_second: float, bar) -> None:
-        lr = self.scheduler.get_last_lr()[0]
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{audio_per_second:.0f}")
-        if not self.procs.is_main:
+    def _log_step(self, window: dict, result: dict, bar) -> None:
+        """The loss per token over the steps since the last log (every rank's), the learning rate of the last step."""
+        loss_sum = distributed.sum_over_ranks([window["loss_sum"]])[0]
+        loss = loss_sum / window["tokens"]
+        lr = result["lr"]
+        rate = window["audio_seconds"] / (time.perf_counter() - window["start"])
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{rate:.0f}")
+        if not distributed.is_main():
             return
-        log.info("step %d epoch %d loss %.4f lr %.3e grad_norm %.2f audio_s_per_s %.1f", self.step, self.epoch + 1,
-                 loss, lr, grad_norm, audio_per_second)
+        state = self.state
+        log.info("step %d epoch %d loss %.4f lr %.3e grad_norm %.2f audio_s_per_s %.1f", state.step, state.epoch + 1,
+                 loss, lr, result["grad_norm"], rate)
+        self.metrics.write(event="train", step=state.step, epoch=state.epoch + 1, lr=lr, loss=loss,
+                           grad_norm=result["grad_norm"], audio_seconds=result["audio_seconds"],
+                           tokens=int(result["tokens"]), audio_seconds_per_second=rate, world_size=self.world_size,
+                           global_batch_seconds=self.config.data.max_seconds, elapsed=state.elapsed)
         if self.writer:
-            for name, value in (("train/loss", loss), ("train/lr", lr), ("train/grad_norm", grad_norm),
-                                ("train/audio_seconds_per_second", audio_per_second)):
-                self.writer.add_scalar(name, value, self.step)
+            for name, value in (("train/loss", loss), ("train/lr", lr), ("train/grad_norm", result["grad_norm"]),
+                                ("train/audio_seconds_per_second", rate)):
+                self.writer.add_scalar(name, value, state.step)
 
     @torch.no_grad()
     def validate(self) -> bool:
@@ -571,75 +603,113 @@ class Trainer:
         if not self.dev_utts:
             return False
         stop = False
-        if self.procs.is_main:
+        state = self.state
+        if distributed.is_main():
             result = evaluate_loss_and_wer(self.model, self.dev_utts, self.config, progress=self.progress,
                                            speaker_cmvn=self.dev_speaker_cmvn)
-            result.update(step=self.step, epoch=self.epoch)
-            self.history.append(result)
-            log.info("validation step %d: dev loss %.4f WER %.2f%% CER %.2f%% (%d utterances)", self.step,
+            result.update(step=state.step, epoch=state.epoch)
+            state.history.append(result)
+            log.info("validation step %d: dev loss %.4f WER %.2f%% CER %.2f%% (%d utterances)", state.step,
                      result["loss"], 100 * result["wer"], 100 * result["cer"], result["utterances"])
+            self.metrics.write(event="validation", step=state.step, epoch=state.epoch, dev_loss=result["loss"],
+                               dev_wer=result["wer"], dev_cer=result["cer"], dev_utterances=result["utterances"])
             if self.writer:
                 for key in ("loss", "wer", "cer"):
-                    self.writer.add_scalar(f"dev/{key}", result[key], self.step)
+                    self.writer.add_scalar(f"dev/{key}", result[key], state.step)
             self._keep_if_best(result["wer"])
             patience = self.config.train.early_stop_patience
-            if patience and len(self.history) > patience:
-                best_before = min(h["wer"] for h in self.history[:-patience])
-                stop = min(h["wer"] for h in self.history[-patience:]) >= best_before
+            if patience and len(state.history) > patience:
+                best_before = min(h["wer"] for h in state.history[:-patience])
+                stop = min(h["wer"] for h in state.history[-patience:]) >= best_before
                 if stop:
                     log.info("early stopping: no dev WER improvement in %d validations", patience)
-        if self.procs.world_size > 1:
-            flag = torch.tensor([1.0 if stop else 0.0], device=self.procs.device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
-        return stop
+        return distributed.from_main(stop)
 
     def finish(self) -> Path | None:
         """Write the list of skipped utterances, the validation history, then model.pt (the best by dev WER, else
         the last weights): a model.pt means the run finished."""
         model_path = None
-        if self.procs.world_size > 1:  # each rank met the unreadable files of its own shard of the batches
-            gathered = [None] * self.procs.world_size
-            dist.all_gather_object(gathered, self.skips.entries)
-            for entries in gathered:
-                for utt_id, reason in entries.items():
-                    self.skips.add(utt_id, reason)
-        if self.procs.is_main:
+        for entries in distributed.gather(self.skips.entries):  # each rank met the unreadable files of its shares
+            for utt_id, reason in entries.items():
+                self.skips.add(utt_id, reason)
+        state = self.state
+        if distributed.is_main():
             with open(self.out / "skipped.tsv", "w", encoding="utf-8") as f:
                 f.writelines(f"{utt_id}\t{reason}\n" for utt_id, reason in self.skips.entries.items())
-            (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+            (self.out / "history.json").write_text(json.dumps(state.history, indent=1))
             model_path = self.out / "model.pt"
-            if self.best:  # the best model file by dev WER, copied with the same atomic write as every checkpoint
-                write_atomically(read_plain_data(self.out / "checkpoints" / f"best-{self.best[0][1]}.pt"), model_path)
+            if state.best:  # the best model file by dev WER, copied with the same atomic write as every checkpoint
+                write_atomically(read_plain_data(self.out / "checkpoints" / f"best-{state.best[0][1]}.pt"), model_path)
             else:
                 save_model(self.model, model_path, self._metadata())
             log.info("done: %d steps, %.1f min of training; %d bad batches skipped; utterances skipped: %s; model: %s",
-                     self.step, self.elapsed / 60, self.bad_batches, self.skips.summary(), model_path)
+                     state.step, state.elapsed / 60, state.bad_batches, self.skips.summary(), model_path)
+            self.metrics.write(event="done", step=state.step, epoch=state.epoch, elapsed=state.elapsed,
+                               bad_batches=state.bad_batches, skipped=len(self.skips.entries))
             if self.writer:
                 self.writer.close()
             for handler in [h for h in log.handlers if getattr(h, "asr_train_log", False)]:
                 log.removeHandler(handler)
                 handler.close()
-        if self.procs.world_size > 1:
-            dist.barrier()
-            dist.destroy_process_group()
+        distributed.stop()
         return model_path
+
+
+class MetricsLog:
+    """exp/NAME/metrics.jsonl: one JSON object a line, written by the main process as training goes ("start" at each
+    start or resume, "train" every train.log_every steps, "validation", "done"). A resumed run first drops the
+    records of the steps after its checkpoint, which it is about to take again: no step is ever in the file twice."""
+
+    def __init__(self, path: Path, resumed_at_step: int):
+        self.path = path
+        kept = [record for record in read_metrics(path) if record["step"] <= resumed_at_step] if resumed_at_step else []
+        rewritten = path.with_name(path.name + ".tmp")  # a kill now leaves the old file or the new one
+        rewritten.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+        os.replace(rewritten, path)
+
+    def write(self, **record) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl, in order; none when it does not exist. A last line cut short by a kill is
+    left out."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def silent_batch(sample_rate: int) -> Batch:
+    """A second of silence with a one-token transcript: what a rank whose share of a step is empty forwards, its loss
+    weighted by zero, so that its gradients (zeros) join the other ranks'."""
+    return collate([{"id": "(silence)", "audio": torch.zeros(sample_rate), "tokens": torch.tensor([1]),
+                     "text": ""}])
 
 
 @torch.no_grad()
 def evaluate_loss_and_wer(model: Recognizer, utterances, config: ExperimentConfig, progress: bool = False,
                           speaker_cmvn: SpeakerCmvn | None = None) -> dict:
-    """CTC loss and greedy WER/CER of a model on utterances (bucketed batches, no augmentation); `speaker_cmvn`:
-    their speakers' statistics, for a model normalized by speaker."""
+    """CTC loss per target token (as the trainer's) and greedy WER/CER of a model on utterances, in batches of
+    what one device forwards at once, without augmentation; `speaker_cmvn`: their speakers' statistics, for a model
+    normalized by speaker."""
     was_training = model.training
     model.eval()
     dataset = SpeechDataset(utterances, model.tokenizer, sample_rate=config.features.sample_rate,
                             speaker_cmvn=speaker_cmvn)
-    sampler = DurationBucketSampler([u.duration for u in utterances], config.data.max_seconds, shuffle=False)
+    sampler = DurationBucketSampler([u.duration for u in utterances],
+                                    config.data.device_max_seconds or config.data.max_seconds, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=min(2, config.data.num_workers))
     decoder = GreedyDecoder(model.tokenizer, frame_shift=model.frame_shift)
-    refs, hyps, losses, weights = {}, {}, [], []
+    refs, hyps, loss_sum, tokens = {}, {}, 0.0, 0
     for batch in tqdm(loader, desc="validate", disable=not progress, leave=False, dynamic_ncols=True):
         for utt_id, reason in batch.skipped:
             log.warning("dev utterance %s skipped: %s", utt_id, reason)
@@ -648,15 +718,15 @@ def evaluate_loss_and_wer(model: Recognizer, utterances, config: ExperimentConfi
         batch = batch.to(model.device)
         log_probs, out_lengths = model(batch.audio, batch.audio_lengths, batch.speaker_cmvn)
         loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.tokens, out_lengths, batch.token_lengths,
-                          blank=0, reduction="mean", zero_infinity=True)
-        losses.append(loss.item() * len(batch.ids))
-        weights.append(len(batch.ids))
+                          blank=0, reduction="sum", zero_infinity=True)
+        loss_sum += loss.item()
+        tokens += int(batch.token_lengths.sum())
         for utt_id, text, hyp in zip(batch.ids, batch.texts, decoder.decode(log_probs, out_lengths)):
             refs[utt_id] = normalize_text(text)
             hyps[utt_id] = hyp.text
     model.train(was_training)
     result = score(refs, hyps)
-    return {"loss": sum(losses) / max(1, sum(weights)), "wer": result.wer, "cer": result.cer,
+    return {"loss": loss_sum / max(1, tokens), "wer": result.wer, "cer": result.cer,
             "utterances": result.utterances}
 
 

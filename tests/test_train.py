@@ -1,5 +1,6 @@
 """The trainer on real speech: it learns, it resumes exactly, it runs under torchrun with two gloo processes."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -15,7 +16,8 @@ from asr.config import load_config
 from asr.errors import ConfigError
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.features import SpeakerCmvn, estimate_speaker_cmvn
-from asr.train import Trainer, autocast_dtype, evaluate_loss_and_wer, lr_factor, scales_losses, train
+from asr.train import (Trainer, autocast_dtype, evaluate_loss_and_wer, lr_factor, read_metrics, scales_losses,
+                       train)
 
 DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ def small_config(train_manifest, dev_manifest="", **overrides):
     base = [f"data.train={train_manifest}", f"data.dev={dev_manifest}", "data.num_workers=0",
             "data.max_seconds=2.0", "features.normalization=utterance", "model.num_layers=2",
             "model.hidden_size=48", "model.subsampling_channels=8", "model.dropout=0.0", "train.log_every=1",
-            "optim.warmup_steps=10", "optim.lr=3e-3", "train.threads=1"]
+            "optim.warmup_fraction=0.02", "optim.lr=3e-3", "train.threads=1"]
     return load_config(None, base + [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -74,7 +76,7 @@ def test_resume_follows_the_same_losses_as_a_straight_run(tmp_path, fsdd_dir):
     class CrashesAfterStep5(Trainer):
         def _after_step(self, budget):
             stop = super()._after_step(budget)
-            if self.step == 5:  # the last checkpoint is at step 4: one step of work is lost and redone
+            if self.state.step == 5:  # the last checkpoint is at step 4: one step of work is lost and redone
                 raise Crash()
             return stop
 
@@ -139,7 +141,7 @@ def test_speaker_normalization_trains_and_validates_with_each_speakers_statistic
     assert all(any(torch.allclose(row, known) for known in speaker_rows.values()) for row in training_rows)
     assert {speaker for row in training_rows for speaker, known in speaker_rows.items()
             if torch.allclose(row, known)} == {"george", "yweweler"}
-    dev_loss = trainer.history[-1]["loss"]
+    dev_loss = trainer.state.history[-1]["loss"]
     model = trainer.model
     dev_table = SpeakerCmvn(expected["dev"], training_set)
     assert evaluate_loss_and_wer(model, read_manifest(dev), config, speaker_cmvn=dev_table)["loss"] == \
@@ -201,26 +203,50 @@ def test_a_checkpoint_saved_without_loss_scaling_resumes_with_it(tmp_path, fsdd_
     trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
     checkpoint = trainer._latest_checkpoint()
     trainer._restore(load_checkpoint(checkpoint))
-    assert trainer.step == 2 and trainer.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
+    assert trainer.state.step == 2 and trainer.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
 
 
 def test_warmup_then_cosine_decay():
-    config = load_config(None, ["optim.warmup_steps=10", "optim.schedule=cosine", "optim.min_lr_ratio=0.1"])
-    assert lr_factor(0, config, 0.0) == pytest.approx(0.1)
-    assert lr_factor(9, config, 0.0) == pytest.approx(1.0)
-    assert lr_factor(60, config, 0.5) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert lr_factor(110, config, 1.0) == pytest.approx(0.1)
-    assert lr_factor(200, config, 1.7) == pytest.approx(0.1)  # past the budget: stays at the floor
-    noam = load_config(None, ["optim.warmup_steps=100", "optim.schedule=noam"])
-    assert lr_factor(399, noam, 0.0) == pytest.approx(0.5)
+    cosine = load_config(None, ["optim.schedule=cosine", "optim.min_lr_ratio=0.1"]).optim
+    assert lr_factor(cosine, 0.1, 0.0) == pytest.approx(0.1)  # a tenth of the warmup
+    assert lr_factor(cosine, 1.0, 0.0) == pytest.approx(1.0)
+    assert lr_factor(cosine, 6.0, 0.5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(cosine, 11.0, 1.0) == pytest.approx(0.1)
+    assert lr_factor(cosine, 20.0, 1.7) == pytest.approx(0.1)  # past the budget: stays at the floor
+    noam = load_config(None, ["optim.schedule=noam"]).optim
+    assert lr_factor(noam, 4.0, 0.0) == pytest.approx(0.5)  # at 4 × the warmup: 1 / sqrt(4)
+
+
+def test_the_run_counts_shuffled_epochs_and_warms_up_over_a_fraction_of_it(tmp_path, fsdd_dir):
+    names = [f"{d}_{s}_{t}" for d in range(10) for s in ("nicolas", "yweweler") for t in (30, 31, 32)]
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", names)
+    config = small_config(manifest, **{"data.sortagrad": "true", "train.epochs": 2, "optim.warmup_fraction": 0.25,
+                                       "optim.min_lr_ratio": 0.1, "optim.lr": 1e-3})
+    trainer = Trainer(config, tmp_path / "exp", progress=False)
+    sorted_epoch, shuffled_epoch = (len(trainer.sampler.global_batches(epoch)) for epoch in (0, 1))
+    assert sorted_epoch < shuffled_epoch  # SortaGrad's sorted epoch packs into fewer batches
+    total = 2 * shuffled_epoch
+    warmup = round(0.25 * total)
+    assert (trainer.total_steps, trainer.warmup_steps) == (total, warmup)
+    trainer.run()
+    records = [r for r in read_metrics(tmp_path / "exp" / "metrics.jsonl") if r["event"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, sorted_epoch + shuffled_epoch + 1))
+    for r in records:
+        taken = r["step"] - 1
+        expected = (taken + 1) / warmup if taken < warmup else \
+            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (taken - warmup) / (total - warmup)))
+        assert r["lr"] == pytest.approx(1e-3 * expected), r
 
 
 def test_decay_by_time_follows_the_budget(tmp_path, fsdd_dir):
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
-    config = small_config(manifest, **{"optim.decay_by": "time", "train.max_minutes": 10, "optim.warmup_steps": 1})
+    config = small_config(manifest, **{"optim.decay_by": "time", "train.max_minutes": 10,
+                                       "optim.warmup_fraction": 0.1, "optim.min_lr_ratio": 0.0})
     trainer = Trainer(config, tmp_path / "exp", progress=False)
-    trainer.elapsed = 300.0  # half the budget spent
-    assert trainer._decay_progress(50) == pytest.approx(0.5)
+    trainer.state.elapsed = 30.0  # half the warmup: a tenth of the ten minutes
+    assert trainer._lr_factor(3) == pytest.approx(0.5)
+    trainer.state.elapsed = 60.0 + 270.0  # half the decay, whatever the step
+    assert trainer._lr_factor(50) == pytest.approx(0.5)
     without_budget = small_config(manifest, **{"optim.decay_by": "time"})
     with pytest.raises(ConfigError, match="max_minutes"):
         Trainer(without_budget, tmp_path / "exp2", progress=False)
@@ -255,43 +281,39 @@ def run_on_two_gloo_ranks(script_text: str, folder: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-SHARE_ELAPSED_SCRIPT = """
-import sys, types
-import torch, torch.distributed as dist
-from asr.train import Trainer
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-trainer = types.SimpleNamespace(procs=types.SimpleNamespace(world_size=2, device=torch.device("cpu")),
-                                elapsed=100.0 + 7 * rank)  # rank 1's clock says 7 s more
-Trainer._share_elapsed(trainer)
+FROM_MAIN_SCRIPT = """
+import sys
+from asr import distributed
+distributed.start("cpu")
+rank = distributed.rank()
+elapsed = distributed.from_main(100.0 + 7 * rank)  # rank 1's clock says 7 s more
 with open(f"{sys.argv[1]}/rank{rank}.txt", "w") as out:  # a file each: the ranks' stdout lines interleave
-    out.write(str(trainer.elapsed))
-dist.destroy_process_group()
+    out.write(str(elapsed))
+distributed.stop()
 """
 
 
-def test_under_torchrun_every_rank_takes_rank_zeros_training_time(tmp_path):
-    """The time budget and the learning rate decayed by time must agree on every rank: a rank that stopped a step
-    early would leave the other waiting in all-reduce forever, and different learning rates split the replicas."""
-    run_on_two_gloo_ranks(SHARE_ELAPSED_SCRIPT, tmp_path)
+def test_under_torchrun_every_rank_takes_rank_zeros_value(tmp_path):
+    """The trainer shares rank 0's clock this way: the time budget and the learning rate decayed by time must agree
+    on every rank, or a rank that stopped a step early would leave the other waiting in all-reduce forever."""
+    run_on_two_gloo_ranks(FROM_MAIN_SCRIPT, tmp_path)
     assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["100.0", "100.0"]
 
 
 RANK0_TOKENIZER_SCRIPT = """
-import json, sys, types
-import torch, torch.distributed as dist
+import json, sys
+from asr import distributed
 from asr.config import load_config
-from asr.train import Trainer
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-trainer = types.SimpleNamespace(procs=types.SimpleNamespace(world_size=2, is_main=rank == 0))
+from asr.train import main_process_tokenizer
+distributed.start("cpu")
+rank = distributed.rank()
 config = load_config(None, ["tokenizer.kind=bpe", "tokenizer.vocab_size=18"])
 # The ranks see different texts, so their own sentencepiece runs would disagree.
 texts = ["ONE TWO THREE", "FOUR FIVE SIX"] * 50 if rank == 0 else ["SEVEN EIGHT NINE", "ZERO OH"] * 50
-tokenizer = Trainer._rank0_tokenizer(trainer, config, texts)
+tokenizer = main_process_tokenizer(config, texts)
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as out:
     json.dump(tokenizer.tokens, out)
-dist.destroy_process_group()
+distributed.stop()
 """
 
 
