@@ -141,7 +141,8 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
         if not durations:
             return []
         parts = _fewest_runs(durations, self.device_max_seconds)
-        return [longest_first[start + a:start + b] for a, b in _balanced_runs(durations, parts)]
+        order = {index: k for k, index in enumerate(global_batch)}  # inside a micro-batch, the global batch's order
+        return [sorted(longest_first[start + a:start + b], key=order.get) for a, b in _balanced_runs(durations, parts)]
 
     def global_batches(self, epoch: int | None = None) -> list[list[int]]:
         """Every global batch of an epoch (the current one by default), in the order they are taken."""
