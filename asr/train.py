@@ -1,12 +1,16 @@
 """The training loop: CTC on bucketed batches, AdamW with warmup, mixed precision, DDP, checkpoints and exact resume.
 
 `asr train --config conf/train.yaml --out exp/NAME [section.key=value ...] [--resume]`, or under torchrun for several
-GPUs or nodes (`torchrun --nproc_per_node 8 -m asr train ...`): each rank reads its own shard of every epoch's batches,
-gradients are averaged by DistributedDataParallel, and only rank 0 writes files.
+GPUs or machines (`torchrun --nproc_per_node 8 -m asr train ...`). One optimizer step takes one global batch of
+`data.max_seconds` padded seconds, the same batches whatever the number of processes: each rank takes its share and
+forwards it in micro-batches of at most `data.device_max_seconds`, accumulating gradients; the loss is divided by the
+target tokens of the whole step, so 1 process or 64 take the same steps to the same weights, only at another speed
+(tests/test_distributed_training.py). Only global rank 0 writes files.
 
-What a run leaves in `exp/NAME/`: `config.yaml` (the effective config), `train.log`, `tensorboard/`, `checkpoints/`
-(`ckpt-<step>.pt` with the trainer's state; `best-<step>.pt` model files, the best by dev WER), `model.pt` (the best,
-or the last when there is no dev set), `skipped.tsv` (every utterance not trained on, and why).
+What a run leaves in `exp/NAME/`: `config.yaml` (the effective config), `train.log`, `metrics.jsonl` (one JSON record
+a logged step and a validation), `tensorboard/`, `checkpoints/` (`ckpt-<step>.pt` with the trainer's state;
+`best-<step>.pt` model files, the best by dev WER), `model.pt` (the best, or the last when there is no dev set),
+`skipped.tsv` (every utterance not trained on, and why).
 
 Resuming restores the model, optimizer, scheduler, grad scaler, the sampler's position inside the epoch and every
 random number generator, so a resumed run follows the same losses as one never stopped (tests/test_train.py).
@@ -323,13 +327,15 @@ class Trainer:
         log.info("model: %s", self.model.describe())
         log.info("training on %d utterances (%.1f h) on %s, %d process(es); skipped: %s", len(self.train_utts),
                  hours, self.device, self.world_size, self.skips.summary())
-        micro = math.ceil(data.max_seconds / (self.world_size * data.device_max_seconds)) if data.device_max_seconds else 1
-        log.info("global batch %g padded s a step (%d process(es) × about %d micro-batch(es) of at most %s); %d steps "
-                 "an epoch, %d steps in all, warmup %s", data.max_seconds, self.world_size, micro,
-                 f"{data.device_max_seconds:g} s" if data.device_max_seconds else "the process's share",
-                 self.steps_per_epoch, self.total_steps,
-                 f"{self.config.optim.warmup_fraction:g} of train.max_minutes" if self.config.optim.decay_by == "time"
-                 else f"{self.warmup_steps} steps")
+        forwarding = "its whole share at once"
+        if data.device_max_seconds:
+            micro = math.ceil(data.max_seconds / (self.world_size * data.device_max_seconds))
+            forwarding = f"at most {data.device_max_seconds:g} s at once (about {micro} micro-batch(es) a step)"
+        warmup = (f"{self.config.optim.warmup_fraction:g} of train.max_minutes" if self.config.optim.decay_by == "time"
+                  else f"{self.warmup_steps} steps")
+        log.info("global batch %g padded s a step over %d process(es), each forwarding %s; %d steps an epoch, %d steps "
+                 "in all, warmup %s", data.max_seconds, self.world_size, forwarding, self.steps_per_epoch,
+                 self.total_steps, warmup)
         self.metrics.write(event="start", step=self.state.step, epoch=self.state.epoch, world_size=self.world_size,
                            device=str(self.device), global_batch_seconds=data.max_seconds,
                            device_max_seconds=data.device_max_seconds, steps_per_epoch=self.steps_per_epoch,

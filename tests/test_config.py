@@ -55,3 +55,27 @@ def test_saved_config_loads_back_identically(tmp_path):
     save_config(config, tmp_path / "config.yaml")
     assert isinstance(yaml.safe_load((tmp_path / "config.yaml").read_text()), dict)
     assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.warmup_steps=500", r"optim.warmup_steps is no longer a setting; use optim.warmup_fraction"),
+    ("optim.accum_steps=4", r"optim.accum_steps is no longer a setting; use data.device_max_seconds"),
+])
+def test_keys_of_older_configs_name_what_replaced_them(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    old = tmp_path / "old.yaml"
+    old.write_text(f"{override.split('.')[0]}:\n  {override.split('.')[1].split('=')[0]}: 4\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(old)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.warmup_fraction=1.0", r"optim.warmup_fraction: 1.0 is not in \[0, 1\)"),
+    ("optim.warmup_fraction=-0.1", r"optim.warmup_fraction: -0.1 is not in \[0, 1\)"),
+    ("data.max_seconds=0", "data.max_seconds: 0.0 is not a positive number"),
+    ("data.device_max_seconds=-5", "data.device_max_seconds: -5.0 is negative"),
+])
+def test_out_of_range_batch_and_schedule_settings_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

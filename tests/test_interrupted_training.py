@@ -233,7 +233,7 @@ def test_a_batch_too_large_for_the_gpu_is_skipped_counted_and_training_goes_on(m
     warnings = [line for line in log.splitlines() if "skipped a batch" in line]
     assert len(warnings) == 2
     for warning, ids in zip(warnings, calls[2:4]):
-        assert "WARNING" in warning and "out of GPU memory; lower data.max_seconds" in warning
+        assert "WARNING" in warning and "out of GPU memory; lower data.device_max_seconds" in warning
         assert warning.endswith(" ".join(ids[:5]))  # names the batch's utterances
     assert "done: 6 steps" in log and "2 bad batches skipped" in log
     assert load_checkpoint(exp / "checkpoints" / "ckpt-6.pt")["trainer"]["bad_batches"] == 2
@@ -265,7 +265,7 @@ def test_under_torchrun_a_batch_too_large_for_the_gpu_stops_the_run_with_a_clear
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode != 0
     assert re.search(r"asr train: error: step 1: out of GPU memory on a batch of \d+ utterances \(\S+.*\); "
-                     r"lower data.max_seconds", result.stderr), result.stderr[-3000:]
+                     r"lower data.device_max_seconds", result.stderr), result.stderr[-3000:]
 
 
 def test_nan_losses_are_skipped_counted_and_too_many_in_a_row_stop_the_run(manifest, tmp_path, monkeypatch, capsys):

@@ -264,7 +264,7 @@ def test_recipe_end_to_end_from_the_download(tmp_path, synthetic_tree, real_test
                "--test-sets", "test-clean test-other", "--lms", "3-gram.pruned.1e-7", "--lm-weights", "0.5 1",
                "--word-scores", "0", "--tune-utterances", "0"]
     tiny_training = ["train.max_steps=16", "train.max_minutes=0", "optim.decay_by=steps", "model.num_layers=1", "model.hidden_size=32",
-                     "data.max_seconds=40", "optim.warmup_steps=4"]
+                     "data.max_seconds=40", "optim.warmup_fraction=0.25"]
 
     with serve(archives) as server:
         result = run_recipe(work, "--mirror", server.base_url, *options, *tiny_training)

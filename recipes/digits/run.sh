@@ -11,8 +11,8 @@
 # FSDD is looked for in --fsdd, then $FSDD_DIR, then ../shared/data/fsdd beside the repository; when none is found,
 # the public v1.0.10 release is downloaded and its content verified.
 # --procs N: training processes of one torch thread each, under torchrun (default 2 where the machine has 2 cores).
-# On 2 cores two processes train 1.75 times the audio a second of one (recipes/digits/README.md); each reads its
-# own data.max_seconds batches, so a step averages the gradients of both.
+# On 2 cores two processes train 1.75 times the audio a second of one (recipes/digits/README.md); each takes its
+# share of every step's data.max_seconds, so that the training is the same with one process, only slower.
 # --work-dir DIR: where data/ and exp/ go (default: this recipe's folder).
 set -euo pipefail
 # One block, read whole before it runs: editing this file while it trains cannot change what the run does next.
