@@ -300,6 +300,54 @@ def _cuda_ctc_decoder():
     return cuda_ctc_decoder
 
 
+class WordLM:
+    """A word n-gram LM loaded once with the lexicon it is searched over: what every beam search with that LM
+    shares, whatever its LM weight, word score and beam. Loading a big ARPA file (the 4 GB LibriSpeech 4-gram) takes
+    minutes and spelling a 200k-word lexicon a good while; tuning the weights on a grid builds one `WordLM` and a
+    `BeamSearchDecoder(tokenizer, lm=word_lm, ...)` a point, each built from it in a pass over the lexicon.
+
+    `lm` is an ARPA file or KenLM binary, or None for a lexicon without an LM. Without `lexicon`, the lexicon is
+    every LM unigram the tokenizer can spell (an ARPA file is needed for that: a KenLM binary does not list its words).
+    """
+
+    def __init__(self, tokenizer, lm: str | Path | None = None, lexicon: str | Path | None = None):
+        if _flashlight_ctc_decoder() is None:
+            raise ConfigError("decoding with a language model or lexicon needs flashlight-text: "
+                              "pip install flashlight-text")
+        from flashlight.lib.text.dictionary import create_word_dict, load_words
+
+        _check_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        self.lm_path = None if lm is None else Path(lm)
+        if self.lm_path is not None and not self.lm_path.is_file():
+            raise ModelFileError(f"{lm}: language model file not found")
+        # The spelled lexicon lives as long as this object: flashlight reads it from a file at every decoder built.
+        self._folder = tempfile.TemporaryDirectory(prefix="asr-lexicon-")
+        if lexicon is None:
+            if self.lm_path is None:
+                raise ConfigError("a WordLM needs an LM, a lexicon or both")
+            if is_kenlm_binary(self.lm_path):
+                raise ConfigError(f"{lm}: a KenLM binary does not list its words; give a lexicon too")
+            lexicon = Path(self._folder.name) / "lexicon.txt"
+            if write_lexicon(read_arpa_unigrams(self.lm_path), tokenizer, lexicon) == 0:
+                raise ConfigError(f"{lm}: the {tokenizer.kind} tokenizer can spell none of its words")
+        self.lexicon_path = Path(lexicon)
+        if not self.lexicon_path.is_file():
+            raise ManifestError(self.lexicon_path, None, "lexicon file not found")
+        _check_lexicon(self.lexicon_path, tokenizer.tokens)
+        self.kenlm = None  # no LM: torchaudio's ctc_decoder puts in flashlight's zero LM
+        if self.lm_path is not None:
+            from flashlight.lib.text.decoder import kenlm
+
+            # The word indices of the LM are those torchaudio's ctc_decoder gives the lexicon's words.
+            word_dict = create_word_dict(load_words(str(self.lexicon_path)))
+            try:
+                self.kenlm = kenlm.KenLM(str(self.lm_path), word_dict)
+            except RuntimeError as error:  # KenLM's complaint about a file it cannot parse
+                raise ModelFileError(f"{lm}: cannot load the language model: {error}") from error
+            self._word_dict = word_dict  # the LM refers to it
+
+
 class BeamSearchDecoder:
     """CTC beam search, with or without a word n-gram language model (flashlight-text through torchaudio).
 
@@ -308,7 +356,8 @@ class BeamSearchDecoder:
       flashlight-text, `prefix_beam_search` (plain Python, one hypothesis an utterance, no score).
     - `lm` (an ARPA file or KenLM binary): words of the lexicon, scored by acoustics + `lm_weight` × LM log10
       probability + `word_score` a word. Without `lexicon`, the lexicon is every LM unigram the tokenizer can spell
-      (an ARPA file is needed for that: a KenLM binary does not list its words).
+      (an ARPA file is needed for that: a KenLM binary does not list its words). `lm` may also be a `WordLM`,
+      loaded once and shared by decoders of other weights (it holds its lexicon: then give no `lexicon`).
     - `lexicon` without `lm`: words of the lexicon, no LM.
 
     `beam_threshold` drops hypotheses that score that much below the best; `nbest` is how many `decode_nbest` keeps.
@@ -321,7 +370,7 @@ class BeamSearchDecoder:
     not.
     """
 
-    def __init__(self, tokenizer, beam_size: int = 50, lm: str | Path | None = None,
+    def __init__(self, tokenizer, beam_size: int = 50, lm: str | Path | WordLM | None = None,
                  lexicon: str | Path | None = None, lm_weight: float = 2.0, word_score: float = 0.0,
                  beam_threshold: float = 25.0, frame_shift: float = 0.04, nbest: int = 1):
         import torch  # here, not at the top: greedy decoding of an ONNX model's output never loads it
@@ -353,24 +402,16 @@ class BeamSearchDecoder:
         if not self.uses_lexicon:
             return ctc_decoder(lexicon=None, sil_token=blank, **options)
         silence = WORD_DELIMITER if self.tokenizer.kind == "char" else blank
-        if lm is not None and not Path(lm).is_file():
-            raise ModelFileError(f"{lm}: language model file not found")
-        with tempfile.TemporaryDirectory() as folder:
-            if lexicon is None:
-                if is_kenlm_binary(lm):
-                    raise ConfigError(f"{lm}: a KenLM binary does not list its words; give a lexicon too")
-                lexicon = Path(folder) / "lexicon.txt"
-                if write_lexicon(read_arpa_unigrams(lm), self.tokenizer, lexicon) == 0:
-                    raise ConfigError(f"{lm}: the {self.tokenizer.kind} tokenizer can spell none of its words")
-            lexicon = Path(lexicon)
-            if not lexicon.is_file():
-                raise ManifestError(lexicon, None, "lexicon file not found")
-            _check_lexicon(lexicon, self.tokenizer.tokens)
-            try:
-                return ctc_decoder(lexicon=str(lexicon), lm=None if lm is None else str(lm), lm_weight=lm_weight,
-                                   word_score=word_score, sil_token=silence, **options)
-            except RuntimeError as error:  # KenLM's complaint about a file it cannot parse
-                raise ModelFileError(f"{lm}: cannot load the language model: {error}") from error
+        if not isinstance(lm, WordLM):
+            lm = WordLM(self.tokenizer, lm, lexicon)
+        elif lexicon is not None:
+            raise ConfigError("a loaded WordLM holds its lexicon already; give no other")
+        elif lm.tokenizer is not self.tokenizer and list(lm.tokenizer.tokens) != list(self.tokenizer.tokens):
+            raise ConfigError("the WordLM was spelled with another tokenizer")
+        self.word_lm = lm
+        # Building the search from the loaded LM costs a pass over the lexicon (its trie), not a parse of the LM.
+        return ctc_decoder(lexicon=str(lm.lexicon_path), lm=lm.kenlm, lm_weight=lm_weight, word_score=word_score,
+                           sil_token=silence, **options)
 
     def decode(self, log_probs: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray) -> list[Hypothesis]:
         """(B, T, V) log-probabilities and (B,) lengths → the best Hypothesis of each utterance."""

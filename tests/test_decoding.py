@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asr import decoding
-from asr.decoding import (BeamSearchDecoder, GreedyDecoder, align_words, prefix_beam_search, spell_word,
+from asr.decoding import (BeamSearchDecoder, GreedyDecoder, WordLM, align_words, prefix_beam_search, spell_word,
                           write_lexicon)
 from asr.errors import AsrError, ConfigError, ManifestError
 
@@ -313,6 +313,31 @@ def test_language_model_with_word_pieces(tiny_lm):
     hypothesis = BeamSearchDecoder(BPE, lm=tiny_lm, frame_shift=SHIFT).decode(log_probs, lengths)[0]
     assert hypothesis.text == "THE CAT SAT"
     assert [w.word for w in hypothesis.words] == ["THE", "CAT", "SAT"]
+
+
+def test_a_loaded_lm_is_shared_by_decoders_of_other_weights(tiny_lm, monkeypatch):
+    from flashlight.lib.text.decoder import kenlm
+
+    loads = []
+
+    class CountingKenLM(kenlm.KenLM):
+        def __init__(self, path, word_dict):
+            loads.append(path)
+            super().__init__(path, word_dict)
+
+    monkeypatch.setattr(kenlm, "KenLM", CountingKenLM)
+    log_probs = the_cat_sad(CHAR, list("THE|CAT|SA"), ("D", 0.5, "T", 0.4))[None]
+    lengths = torch.tensor([11])
+    shared = WordLM(CHAR, tiny_lm)
+    decisions = {weight: BeamSearchDecoder(CHAR, lm=shared, lm_weight=weight, beam_size=beam).decode(
+        log_probs, lengths)[0].text for weight, beam in ((0.0, 10), (2.0, 10), (2.0, 500))}
+    assert loads == [str(tiny_lm)]  # one load for three decoders
+    # Each decides as a decoder that loads the LM from its file does.
+    assert decisions == {weight: BeamSearchDecoder(CHAR, lm=tiny_lm, lm_weight=weight).decode(log_probs, lengths)[0].text
+                         for weight in (0.0, 2.0)} == {0.0: "THE CAT SAD", 2.0: "THE CAT SAT"}
+    assert len(loads) == 3
+    with pytest.raises(ConfigError, match="lexicon already"):
+        BeamSearchDecoder(CHAR, lm=shared, lexicon=tiny_lm)
 
 
 def test_a_lexicon_limits_the_words(tmp_path):

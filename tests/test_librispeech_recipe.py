@@ -2,6 +2,7 @@
 synthetic corpus, served as archives by a local HTTP server, and the experiment report (asr/report.py)."""
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -152,6 +153,60 @@ def test_lm_text_leaves_out_the_dev_and_test_transcripts(tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr
     assert out.read_text().splitlines() == ["HELLO THERE WORLD AGAIN", "ANOTHER LINE"]
+
+
+def load_tune_lm():
+    spec = importlib.util.spec_from_file_location("tune_lm", RECIPE / "local" / "tune_lm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tune_lm_loads_the_lm_once_for_the_grid_and_the_decoding(tmp_path, real_test_clean, monkeypatch, capsys):
+    from flashlight.lib.text.decoder import kenlm
+
+    loads = []
+
+    class CountingKenLM(kenlm.KenLM):
+        def __init__(self, path, word_dict):
+            loads.append(path)
+            super().__init__(path, word_dict)
+
+    monkeypatch.setattr(kenlm, "KenLM", CountingKenLM)
+    assert asr_main(["prepare", "librispeech", "--root", str(real_test_clean.parents[1]), "--subsets", "test-clean",
+                     "--out", str(tmp_path)]) == 0
+    manifest = tmp_path / "test-clean.jsonl"
+    references = {utterance.id: utterance.text for utterance in read_manifest(manifest)}
+    build_arpa(list(references.values()), tmp_path / "lm.arpa", order=2)
+    config = load_config(None, ["model.num_layers=1", "model.hidden_size=8", "model.subsampling_channels=4"])
+    tokenizer = CharTokenizer()
+    config.model.vocab_size, config.model.input_dim = tokenizer.vocab_size, config.features.n_mels
+    torch.manual_seed(0)
+    recognizer = Recognizer(config.model, config.features, tokenizer,
+                            cmvn_stats={"mean": [0.0] * config.features.n_mels, "std": [1.0] * config.features.n_mels})
+    save_model(recognizer, tmp_path / "model.pt", {"step": 1})
+    out = tmp_path / "decode_lm"
+    assert load_tune_lm().main(["--model", str(tmp_path / "model.pt"), "--lm", str(tmp_path / "lm.arpa"), "--dev",
+                                str(manifest), "--lm-weights", "0.5", "1", "2", "--word-scores", "-1", "1",
+                                "--tune-beam", "4", "--beam-size", "8", "--decode", str(manifest), "--out",
+                                str(out), "--device", "cpu"]) == 0
+    assert loads == [str(tmp_path / "lm.arpa")]  # six grid points and the decoding: one load
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert [(p["lm_weight"], p["word_score"]) for p in tuning["points"]] == [
+        (w, s) for w in (0.5, 1.0, 2.0) for s in (-1.0, 1.0)]
+    best = min(tuning["points"], key=lambda point: point["errors"])
+    chosen = json.loads((out / "decoding.json").read_text())
+    assert (chosen["lm_weight"], chosen["word_score"], chosen["beam_size"], chosen["tune_beam_size"]) == (
+        best["lm_weight"], best["word_score"], 8, 4)
+    # Every word score of a two-value grid is an edge; an LM weight is one unless it is the middle value, 1.
+    expected_edges = (["lm_weight"] if best["lm_weight"] != 1.0 else []) + ["word_score"]
+    assert chosen["on_grid_edge"] == expected_edges
+    err = capsys.readouterr().err
+    assert ("best lm weight" in err) == (best["lm_weight"] != 1.0)
+    assert "best word score" in err and "widen --word-scores" in err
+    scores = json.loads((out / "test-clean" / "wer.json").read_text())
+    assert scores["utterances"] == len(references)
+    assert scores["words"] == sum(len(text.split()) for text in references.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@
 #   5 average    the best checkpoints by dev WER, averaged: exp/<name>/avg.pt
 #   6 lm         the official LibriSpeech LMs (OpenSLR resource 11), or a 3-gram of --lm-text (dev and test
 #                transcripts removed from it)
-#   7 decode     greedy, then beam search with each LM: LM weight and word score tuned on the dev sets only, then
-#                the dev and test sets decoded with them; `asr evaluate` scores each set as it decodes it
-#                (exp/<name>/decode_*/<set>/{hyp.txt,ref.txt,wer.json,per_utt.tsv})
+#   7 decode     greedy, then beam search with each LM, loaded once for both steps: LM weight and word score tuned
+#                on the dev sets only (at --tune-beam), then the dev and test sets decoded with them (at --beam)
+#                and scored (exp/<name>/decode_*/<set>/{hyp.txt,ref.txt,wer.json,per_utt.tsv})
 #   8 report     exp/<name>/report.md (training and WER tables) and exp/<name>/curves.png
 #
 # Options:
@@ -32,8 +32,10 @@
 #   --gpus N             train on N GPUs of this machine (torchrun); data.max_seconds is per GPU
 #   --lms "..."          official LMs to decode with (default "3-gram.pruned.1e-7 4-gram"; "" for none)
 #   --lm-text FILE       instead: a --lm-order (default 3) n-gram LM built from this text, one sentence a line
-#   --lm-weights "..."   --word-scores "..."   the tuning grid (default "0.5 1 1.5 2" and "-1 0 1")
+#   --lm-weights "..."   --word-scores "..."   the tuning grid (default "0.25 0.5 1 1.5 2 2.5 3" and "-2 -1 0 1 2";
+#                        a warning says when the best point lies on the grid's edge)
 #   --tune-utterances N  utterances of each dev set the grid is decoded on (default 400; 0: all)
+#   --tune-beam N        beam of the grid search (default 50)   --beam N   beam of the final decoding (default 500)
 #   --work-dir DIR       where data/ and exp/ go (default: this recipe's folder)
 set -euo pipefail
 # One block, read whole before it runs: editing this file while it trains cannot change what the run does next.
@@ -57,9 +59,11 @@ gpus=1
 lms="3-gram.pruned.1e-7 4-gram"
 lm_text=
 lm_order=3
-lm_weights="0.5 1 1.5 2"
-word_scores="-1 0 1"
+lm_weights="0.25 0.5 1 1.5 2 2.5 3"
+word_scores="-2 -1 0 1 2"
 tune_utterances=400
+tune_beam=50
+beam=500
 work_dir="$recipe_dir"
 overrides=()
 while [ $# -gt 0 ]; do
@@ -82,8 +86,10 @@ while [ $# -gt 0 ]; do
     --lm-weights) lm_weights="$2"; shift 2 ;;
     --word-scores) word_scores="$2"; shift 2 ;;
     --tune-utterances) tune_utterances="$2"; shift 2 ;;
+    --tune-beam) tune_beam="$2"; shift 2 ;;
+    --beam) beam="$2"; shift 2 ;;
     --work-dir) work_dir=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -240,14 +246,12 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   asr evaluate --model "$model" --manifest "${dev_manifests[@]}" "${test_manifests[@]}" --out "$exp/decode_greedy"
   for lm in $(lm_files); do
     name=$(basename "$lm" .arpa)
-    say "stage 7: $name: LM weight and word score tuned on $dev_sets"
+    say "stage 7: $name: LM weight and word score tuned on $dev_sets, then $dev_sets $test_sets decoded"
     chosen=$(python "$recipe_dir/local/tune_lm.py" --model "$model" --lm "$lm" --dev "${dev_manifests[@]}" \
       --lm-weights "${lm_weight_list[@]}" --word-scores "${word_score_list[@]}" --max-utterances "$tune_utterances" \
+      --tune-beam "$tune_beam" --beam-size "$beam" --decode "${dev_manifests[@]}" "${test_manifests[@]}" \
       --out "$exp/decode_lm_$name")
-    read -r lm_weight word_score <<< "$chosen"
-    say "stage 7: $name, LM weight $lm_weight, word score $word_score: decoding $dev_sets $test_sets"
-    asr evaluate --model "$model" --manifest "${dev_manifests[@]}" "${test_manifests[@]}" --lm "$lm" \
-      --lm-weight "$lm_weight" --word-score "$word_score" --out "$exp/decode_lm_$name"
+    echo "$name: LM weight and word score chosen: $chosen"
   done
 fi
 
