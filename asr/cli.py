@@ -64,7 +64,8 @@ def cmd_download(args) -> int:
     if args.corpus == "librispeech":
         from asr.data.librispeech import download_librispeech
 
-        download_librispeech(args.subsets, args.dest, base_url=args.base_url, checksums=_read_checksums(args.checksums))
+        download_librispeech(args.subsets, args.dest, base_url=args.base_url, checksums=_read_checksums(args.checksums),
+                             keep_archives=args.keep_archives)
     elif args.corpus == "librispeech-lm":
         from asr.data.librispeech import LM_FILES, download_librispeech_lm
 
@@ -373,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="librispeech, librispeech-lm: a JSON object {subset or file name: sha256} overriding "
                                "the published checksums (a private mirror)")
     download.add_argument("--sha256", default=None, help="fsdd: the archive's expected SHA-256")
+    download.add_argument("--keep-archives", action="store_true",
+                          help="librispeech: keep each .tar.gz after its extraction (default: deleted once extracted)")
     download.set_defaults(func=cmd_download)
 
     features = commands.add_parser("features", help="estimate global CMVN statistics from a manifest")

@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import os
 import posixpath
+import shutil
 import tarfile
 import time
 import urllib.error
@@ -85,6 +86,34 @@ def download(
         raise AsrError(f"{url}: the download to {dest} {problem}; it was deleted, and the next run downloads it afresh")
     os.replace(partial, dest)
     return dest
+
+
+def remote_size(url: str, timeout: float = 30.0) -> int | None:
+    """The size in bytes the server gives for `url` (a HEAD request's Content-Length); None when it gives none or
+    cannot be asked."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+    except _TRANSIENT_ERRORS:
+        return None
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def check_free_space(folder, needed_bytes: int, what: str) -> None:
+    """Raise AsrError, with the figures, when the file system of `folder` (or of its nearest existing parent) has
+    fewer than `needed_bytes` free: better at once than hours into a download."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise AsrError(f"{folder}: {what} need about {_gigabytes(needed_bytes)} ({needed_bytes} bytes) free, and "
+                       f"the disk has {_gigabytes(free)}; free {_gigabytes(needed_bytes - free)} or download elsewhere")
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def _fetch_into(url, partial: Path, progress: bool, timeout: float) -> None:

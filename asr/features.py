@@ -474,6 +474,10 @@ def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int = SAMPLE_R
     return resample(wave, sample_rate * factor, sample_rate)
 
 
+# int16 PCM sample = float sample × 32768: exact for 16-bit audio (LibriSpeech's FLACs) read as float.
+PCM16_SCALE = 32768.0
+
+
 class Frontend(nn.Module):
     """Waveforms to model inputs: LogMel, then normalization per `cfg.normalization`, then SpecAugment (training).
 
@@ -506,7 +510,8 @@ class Frontend(nn.Module):
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor,
                 speaker_cmvn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """audio (B, S) and its lengths (B,) -> features (B, T, n_mels) and their lengths (B,).
+        """audio (B, S), float in [-1, 1] or int16 PCM, and its lengths (B,) -> features (B, T, n_mels) and their
+        lengths (B,).
 
         `speaker_cmvn` (B, 2, n_mels), each utterance's speaker's mean and standard deviation (`SpeakerCmvn.rows`),
         is for `normalization: speaker`; without it each utterance is normalized by `training_set_at_own_level`.
@@ -514,6 +519,8 @@ class Frontend(nn.Module):
         if speaker_cmvn is not None and self.cfg.normalization != "speaker":
             raise ValueError(f"speaker CMVN statistics given to a frontend whose normalization is "
                              f"{self.cfg.normalization!r}")
+        if audio.dtype == torch.int16:  # a training batch (asr.data.dataset.collate): to float here, on the device
+            audio = audio.float() / PCM16_SCALE
         warp_factors = self.specaug.draw_warp_factors(len(audio), audio.device)  # None unless training with VTLP
         feats, feat_lengths = self.logmel(audio, audio_lengths, warp_factors)
         if self.cfg.normalization == "global":

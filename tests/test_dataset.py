@@ -112,6 +112,25 @@ def test_unreadable_audio_and_unknown_characters_become_error_items(utterances, 
     assert nothing.audio_lengths.shape == (0,) and nothing.audio_lengths.dtype == torch.long
 
 
+def test_batches_hold_the_recordings_16_bit_samples_and_the_frontend_hears_them_as_floats(utterances):
+    from asr.config import load_config
+    from asr.features import Frontend
+
+    dataset = SpeechDataset(utterances[:3], CharTokenizer())
+    batch = collate([dataset[index] for index in range(3)])
+    assert batch.audio.dtype == torch.int16
+    for row, (utterance, length) in enumerate(zip(utterances, batch.audio_lengths.tolist())):
+        pcm, _ = soundfile.read(utterance.audio, dtype="int16")  # the file's own samples: lossless
+        np.testing.assert_array_equal(batch.audio[row, :length].numpy(), pcm)
+    config = load_config(None, ["features.normalization=utterance"])
+    frontend = Frontend(config.features).eval()
+    floats = torch.nn.utils.rnn.pad_sequence([dataset[index]["audio"] for index in range(3)], batch_first=True)
+    expected, expected_lengths = frontend(floats, batch.audio_lengths)
+    feats, feat_lengths = frontend(batch.audio, batch.audio_lengths)
+    torch.testing.assert_close(feats, expected, rtol=0, atol=0)
+    assert feat_lengths.tolist() == expected_lengths.tolist()
+
+
 def test_collate_pads_on_the_right_with_lengths():
     items = [
         {"id": "a", "audio": torch.tensor([0.1, 0.2, 0.3]), "tokens": torch.tensor([5, 6]), "text": "A"},
@@ -120,8 +139,11 @@ def test_collate_pads_on_the_right_with_lengths():
     ]
     batch = collate(items)
     assert batch.ids == ["a", "b", "c"] and batch.texts == ["A", "B", ""] and batch.skipped == []
-    torch.testing.assert_close(batch.audio, torch.tensor([[0.1, 0.2, 0.3], [-0.5, 0, 0], [0.25, 0.5, 0]]))
-    assert batch.audio.dtype == torch.float32
+    # int16 PCM: each sample times 32768, rounded (0.1 → 3276.8 → 3277), one clipped at the top of the range.
+    assert batch.audio.tolist() == [[3277, 6554, 9830], [-16384, 0, 0], [8192, 16384, 0]]
+    assert batch.audio.dtype == torch.int16
+    assert collate([{"id": "loud", "audio": torch.tensor([1.0, -1.0, 2.0]), "tokens": torch.tensor([5]),
+                     "text": "A"}]).audio.tolist() == [[32767, -32768, 32767]]
     assert batch.audio_lengths.tolist() == [3, 1, 2] and batch.audio_lengths.dtype == torch.long
     assert batch.tokens.tolist() == [[5, 6, 0, 0], [7, 8, 9, 10], [0, 0, 0, 0]]
     assert batch.token_lengths.tolist() == [2, 4, 0] and batch.tokens.dtype == torch.long

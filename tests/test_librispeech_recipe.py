@@ -83,25 +83,50 @@ def test_data_root_skips_the_download_and_prepares_the_real_tree(tmp_path, origi
     assert all(Path(u.audio).resolve().is_relative_to(real_test_clean.resolve()) for u in utterances)
 
 
-def download_stage(tmp_path, server, checksums: dict[str, str]) -> subprocess.CompletedProcess:
+def download_stage(tmp_path, server, checksums: dict[str, str], *options: str) -> subprocess.CompletedProcess:
     checksums_file = tmp_path / "checksums.json"
     checksums_file.write_text(json.dumps(checksums))
     return run_recipe(tmp_path / "work", "--mirror", server.base_url, "--checksums", str(checksums_file),
-                      *ONE_SUBSET, "--stop-stage", "0")
+                      *ONE_SUBSET, "--stop-stage", "0", *options)
 
 
-def test_download_stage_resumes_an_interrupted_download(tmp_path, real_test_clean):
+@pytest.mark.parametrize("keep", [False, True], ids=["archive-deleted", "keep-archives"])
+def test_download_stage_resumes_an_interrupted_download(tmp_path, real_test_clean, keep):
     archive = tar_gz({"LibriSpeech/test-clean": real_test_clean})
     partial = tmp_path / "work" / "data" / "download" / "test-clean.tar.gz.part"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(archive[: len(archive) // 2])  # what an interrupted run left behind
     with serve({"/12/test-clean.tar.gz": archive}) as server:
-        result = download_stage(tmp_path, server, {"test-clean": sha256(archive)})
-    assert result.returncode == 0, result.stderr
-    assert server.requests == [("/12/test-clean.tar.gz", f"bytes={len(archive) // 2}-")]
-    assert (partial.parent / "test-clean.tar.gz").read_bytes() == archive
-    extracted = partial.parent / "LibriSpeech" / "test-clean"
-    assert transcripts(extracted) == transcripts(real_test_clean)
+        result = download_stage(tmp_path, server, {"test-clean": sha256(archive)}, *["--keep-archives"] * keep)
+        assert result.returncode == 0, result.stderr
+        assert server.requests == [("/12/test-clean.tar.gz", f"bytes={len(archive) // 2}-")]
+        extracted = partial.parent / "LibriSpeech" / "test-clean"
+        assert transcripts(extracted) == transcripts(real_test_clean)
+        kept = partial.parent / "test-clean.tar.gz"
+        assert kept.read_bytes() == archive if keep else not kept.exists()
+        # Deleted or kept, the verified extraction is not fetched again.
+        assert download_stage(tmp_path, server, {"test-clean": sha256(archive)}).returncode == 0
+        assert len(server.requests) == 1
+
+
+def test_download_refuses_to_start_without_the_free_disk_it_needs(tmp_path, real_test_clean, monkeypatch):
+    from asr.data.librispeech import download_librispeech
+
+    archives = {subset: tar_gz({f"LibriSpeech/{subset}": real_test_clean}) for subset in ("test-clean", "dev-clean")}
+    checksums = {subset: sha256(body) for subset, body in archives.items()}
+    first, last = (len(archives[subset]) for subset in ("test-clean", "dev-clean"))
+    # Archives deleted once extracted: the peak is both extractions (1.1 times each archive's bytes) and the last
+    # archive; kept: both archives too.
+    peak = {False: int(1.1 * first) + int(1.1 * last) + last, True: first + int(1.1 * first) + last + int(1.1 * last)}
+    free = shutil.disk_usage(tmp_path).free
+    with serve({f"/12/{subset}.tar.gz": body for subset, body in archives.items()}) as server:
+        for keep in (False, True):
+            monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(free, 0, 1000))
+            with pytest.raises(AsrError, match=rf"LibriSpeech test-clean, dev-clean .* need about "
+                                               rf"{peak[keep] / 1e6:.1f} MB \({peak[keep]} bytes\) free, and the disk has 0.0 MB"):
+                download_librispeech(["test-clean", "dev-clean"], tmp_path / "dl", base_url=f"{server.base_url}/12",
+                                     checksums=checksums, progress=False, keep_archives=keep)
+            assert server.requests == [] and not (tmp_path / "dl").exists()  # nothing fetched, nothing written
 
 
 def test_download_stage_refuses_a_corrupt_archive(tmp_path, real_test_clean):
@@ -139,6 +164,52 @@ def test_unreadable_checksums_file_is_named(tmp_path, capsys):
     bad.write_text("{not json")
     assert asr_main(["download", "librispeech", "--dest", str(tmp_path), "--checksums", str(bad)]) == 1
     assert f"{bad}: cannot read the checksums" in capsys.readouterr().err
+
+
+def test_more_gpus_than_the_machine_has_are_refused(tmp_path, original_formats):
+    import torch
+
+    asked = torch.cuda.device_count() + 1
+    result = run_recipe(tmp_path, "--data-root", str(original_formats), *ONE_SUBSET, "--stage", "4",
+                        "--stop-stage", "4", "--gpus", str(asked))
+    assert result.returncode == 2
+    assert f"--gpus {asked}, but this machine has {asked - 1} GPU(s)" in result.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+TINY_TRAINING = ["train.max_steps=4", "train.max_minutes=0", "optim.decay_by=steps", "model.num_layers=1",
+                 "model.hidden_size=16", "model.subsampling_channels=4", "data.max_seconds=40", "data.num_workers=0",
+                 "optim.warmup_steps=2", "train.log_every=1"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_through_torchrun_launched_by_the_recipe(tmp_path, original_formats):
+    """Two run.sh launches on this machine as nodes 0 and 1 (one CPU process each, gloo, rendezvous on 127.0.0.1)."""
+    common = ["--data-root", str(original_formats), *ONE_SUBSET, "--config", "debug", *TINY_TRAINING]
+    prepared = run_recipe(tmp_path, *common, "--stop-stage", "3")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    port = str(free_port())
+    nodes = [subprocess.Popen(["bash", str(RECIPE / "run.sh"), "--work-dir", str(tmp_path), *common, "--stage", "4",
+                               "--stop-stage", "4", "--cpu-procs", "1", "--nnodes", "2", "--node-rank", str(rank),
+                               "--master-addr", "127.0.0.1", "--master-port", port], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+        assert "2 node(s) × 1 cpu process(es)" in out
+    log = (tmp_path / "exp" / "debug" / "train.log").read_text()
+    assert "on cpu, 2 process(es)" in log
+    assert (tmp_path / "exp" / "debug" / "model.pt").is_file()
+    assert json.loads((tmp_path / "exp" / "debug" / "history.json").read_text())[-1]["step"] == 4
 
 
 def test_lm_text_leaves_out_the_dev_and_test_transcripts(tmp_path):

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.data.manifest import Utterance
 from asr.errors import AsrError, ConfigError
-from asr.features import SpeakerCmvn, speed_perturb
+from asr.features import PCM16_SCALE, SpeakerCmvn, speed_perturb
 from asr.text import Tokenizer, normalize_text
 
 
@@ -84,7 +84,7 @@ class Batch:
     """
 
     ids: list[str]
-    audio: torch.Tensor  # (B, S) float32
+    audio: torch.Tensor  # (B, S) int16 PCM: half of float32's bytes in shared memory and on the way to the device
     audio_lengths: torch.Tensor  # (B,) long, samples
     tokens: torch.Tensor  # (B, L) long
     token_lengths: torch.Tensor  # (B,) long
@@ -110,11 +110,17 @@ _TENSOR_FIELDS = ("audio", "audio_lengths", "tokens", "token_lengths", "speaker_
 
 
 def collate(items: list[dict]) -> Batch:
-    """Pad the dataset's items into a Batch; error items go to `Batch.skipped`."""
+    """Pad the dataset's items into a Batch; error items go to `Batch.skipped`.
+
+    The audio travels as int16 PCM (the Frontend turns it back into float on the model's device): a batch of 2,400
+    padded seconds is 77 MB instead of 154 MB, which workers pass through /dev/shm (64 MB by default in Docker). For
+    16-bit recordings, LibriSpeech's, it is lossless; a speed-perturbed utterance is rounded to 16 bits, as it would
+    be written to disk.
+    """
     loaded = [item for item in items if "error" not in item]
     return Batch(
         ids=[item["id"] for item in loaded],
-        audio=_pad([item["audio"] for item in loaded], torch.float32),
+        audio=_pad([_pcm16(item["audio"]) for item in loaded], torch.int16),
         audio_lengths=torch.tensor([len(item["audio"]) for item in loaded], dtype=torch.long),
         tokens=_pad([item["tokens"] for item in loaded], torch.long),
         token_lengths=torch.tensor([len(item["tokens"]) for item in loaded], dtype=torch.long),
@@ -123,6 +129,10 @@ def collate(items: list[dict]) -> Batch:
         speaker_cmvn=torch.stack([item["speaker_cmvn"] for item in loaded])
         if loaded and "speaker_cmvn" in loaded[0] else None,
     )
+
+
+def _pcm16(audio: torch.Tensor) -> torch.Tensor:
+    return (audio * PCM16_SCALE).round_().clamp_(-32768, 32767).to(torch.int16)
 
 
 def _pad(sequences: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

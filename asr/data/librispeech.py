@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from asr.audio import audio_info
 from asr.data.manifest import PrepReport, Utterance, write_manifest
-from asr.download import CHUNK_BYTES, already_extracted, download, file_digest, safe_extract
+from asr.download import (CHUNK_BYTES, already_extracted, check_free_space, download, file_digest, remote_size,
+                          safe_extract)
 from asr.errors import AsrError, AudioError, ConfigError, ManifestError
 from asr.text import normalize_text
 
@@ -48,6 +49,14 @@ SUBSETS = {
     "train-clean-360": "146a56496217e96c14334a160df97fffedd6e0a04e66b9c5af0d40be3c792ecf",
     "train-other-500": "ddb22f27f96ec163645d53215559df6aa36515f26e01dd70798188350adcb6d2",
 }
+# Subset → size of `<subset>.tar.gz` as OpenSLR lists it, for a mirror that does not say (HEAD without a length).
+PUBLISHED_SIZES = {
+    "dev-clean": 337_000_000, "dev-other": 314_000_000, "test-clean": 346_000_000, "test-other": 328_000_000,
+    "train-clean-100": 6_300_000_000, "train-clean-360": 23_000_000_000, "train-other-500": 30_000_000_000,
+}
+# Extracted FLACs take about what their archive takes (FLAC does not compress further); the margin covers the file
+# system's blocks and the estimate's error.
+EXTRACTED_PER_ARCHIVE_BYTE = 1.1
 
 # Language-model files of OpenSLR resource 11: pruned and full n-gram models (gzipped ARPA), and the word lists.
 LM_FILES = (
@@ -69,14 +78,17 @@ DUPLICATE_ID = "duplicate id"
 
 
 def download_librispeech(
-    subsets: Sequence[str], dest_dir, base_url: str | None = None, checksums=None, progress: bool = True
+    subsets: Sequence[str], dest_dir, base_url: str | None = None, checksums=None, progress: bool = True,
+    keep_archives: bool = False,
 ) -> Path:
     """Download and extract subsets into `dest_dir/LibriSpeech/<subset>`; return `dest_dir/LibriSpeech`.
 
     `base_url` is a mirror of OpenSLR resource 12 (None: `LIBRISPEECH_URL`, openslr.org itself). Each
-    `<subset>.tar.gz` is verified against its published sha256 (`checksums`, {subset: sha256}, overrides them) and
-    kept in `dest_dir`. A subset already extracted from the archive with that checksum is skipped without touching
-    the network, even when its archive has since been deleted to save space.
+    `<subset>.tar.gz` is verified against its published sha256 (`checksums`, {subset: sha256}, overrides them),
+    extracted, and deleted once its subset's folder is in place (`keep_archives` keeps it in `dest_dir`): 960 h
+    take some 60 GB as archives and as much again extracted. A subset already extracted from the archive with that
+    checksum is skipped without touching the network. Before anything is downloaded, the free disk is checked
+    against what the subsets still to fetch need (`check_free_space`), so a full disk fails at once with the figure.
     """
     dest_dir = Path(dest_dir)
     base_url = (base_url or LIBRISPEECH_URL).rstrip("/")
@@ -84,16 +96,41 @@ def download_librispeech(
     unknown = [subset for subset in _as_list(subsets) if subset not in expected_sha256]
     if unknown:
         raise ConfigError(f"unknown LibriSpeech subset(s) {', '.join(unknown)}; known: {', '.join(SUBSETS)}")
-    for subset in _as_list(subsets):
+    to_fetch = [subset for subset in _as_list(subsets)
+                if not already_extracted(dest_dir / f"{subset}.tar.gz", dest_dir, expected_sha256[subset])]
+    if to_fetch:
+        needed = _disk_needed(to_fetch, dest_dir, base_url, keep_archives)
+        check_free_space(dest_dir, needed, f"LibriSpeech {', '.join(to_fetch)} "
+                                           f"({'archives kept' if keep_archives else 'archives deleted once extracted'})")
+    for subset in to_fetch:
         archive = dest_dir / f"{subset}.tar.gz"
         sha256 = expected_sha256[subset]
-        if already_extracted(archive, dest_dir, sha256):
-            continue
         download(f"{base_url}/{subset}.tar.gz", archive, sha256=sha256, progress=progress)
         safe_extract(archive, dest_dir, sha256=sha256, progress=progress)
         if not (dest_dir / "LibriSpeech" / subset).is_dir():
             raise AsrError(f"{archive}: extracted, but it holds no LibriSpeech/{subset} folder")
+        if not keep_archives:
+            archive.unlink()  # its extraction is complete (safe_extract's marker holds its sha256 for reruns)
     return dest_dir / "LibriSpeech"
+
+
+def _disk_needed(subsets: list[str], dest_dir: Path, base_url: str, keep_archives: bool) -> int:
+    """Bytes of free disk the download and extraction of `subsets`, one after the other, need at their peak: what is
+    left to download of each archive, its extraction, and the archives kept until then."""
+    in_use = peak = 0
+    for subset in subsets:
+        archive = dest_dir / f"{subset}.tar.gz"
+        if archive.is_file():
+            size = received = archive.stat().st_size
+        else:
+            size = remote_size(f"{base_url}/{subset}.tar.gz") or PUBLISHED_SIZES.get(subset, 0)
+            partial = archive.with_name(archive.name + ".part")
+            received = partial.stat().st_size if partial.is_file() else 0
+        in_use += max(size - received, 0) + int(size * EXTRACTED_PER_ARCHIVE_BYTE)
+        peak = max(peak, in_use)
+        if not keep_archives:
+            in_use -= size
+    return peak
 
 
 def download_librispeech_lm(
