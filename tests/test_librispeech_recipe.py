@@ -190,26 +190,42 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+FAKE_SLURM = {  # just enough of SLURM for local/train.sbatch: every "node" is this machine
+    "scontrol": '#!/bin/sh\necho 127.0.0.1\n',
+    "srun": '#!/usr/bin/env bash\nwhile [[ $1 == -* ]]; do shift; done\n'
+            'for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do SLURM_NODEID=$node "$@" & done\n'
+            'status=0; for job in $(jobs -p); do wait "$job" || status=1; done; exit $status\n',
+}
+
+
 @pytest.mark.slow
-def test_two_nodes_train_through_torchrun_launched_by_the_recipe(tmp_path, original_formats):
-    """Two run.sh launches on this machine as nodes 0 and 1 (one CPU process each, gloo, rendezvous on 127.0.0.1)."""
-    common = ["--data-root", str(original_formats), *ONE_SUBSET, "--config", "debug", *TINY_TRAINING]
-    prepared = run_recipe(tmp_path, *common, "--stop-stage", "3")
+def test_the_sbatch_example_trains_on_two_nodes_through_the_recipe(tmp_path, original_formats):
+    """local/train.sbatch under a stand-in srun: two run.sh launches on this machine as nodes 0 and 1, each a torchrun
+    of one CPU process (gloo), meeting at 127.0.0.1."""
+    common = ["--work-dir", str(tmp_path / "work"), "--data-root", str(original_formats), *ONE_SUBSET,
+              "--config", "debug", *TINY_TRAINING]
+    prepared = run_recipe(tmp_path / "work", *common[2:], "--stop-stage", "3")
     assert prepared.returncode == 0, prepared.stderr[-2000:]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    port = str(free_port())
-    nodes = [subprocess.Popen(["bash", str(RECIPE / "run.sh"), "--work-dir", str(tmp_path), *common, "--stage", "4",
-                               "--stop-stage", "4", "--cpu-procs", "1", "--nnodes", "2", "--node-rank", str(rank),
-                               "--master-addr", "127.0.0.1", "--master-port", port], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    for node, (out, err) in zip(nodes, outputs):
-        assert node.returncode == 0, err[-3000:]
-        assert "2 node(s) × 1 cpu process(es)" in out
-    log = (tmp_path / "exp" / "debug" / "train.log").read_text()
-    assert "on cpu, 2 process(es)" in log
-    assert (tmp_path / "exp" / "debug" / "model.pt").is_file()
-    assert json.loads((tmp_path / "exp" / "debug" / "history.json").read_text())[-1]["step"] == 4
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    port = free_port()
+    while not 20000 <= port < 40000:  # the script's port is 20000 + job id % 20000: a job id that makes it a free one
+        port = free_port()
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               SLURM_JOB_NODELIST="node[1-2]", SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID=str(port - 20000),
+               SLURM_SUBMIT_DIR=str(REPO))
+    result = subprocess.run(["bash", str(RECIPE / "local" / "train.sbatch"), *common, "--cpu-procs", "1"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"2 node(s) × 1 GPU(s), rendezvous at 127.0.0.1:{port}" in result.stdout
+    assert result.stdout.count("stage 4: train exp/debug on test-clean (2 node(s) × 1 cpu process(es))") == 2
+    exp = tmp_path / "work" / "exp" / "debug"
+    assert "on cpu, 2 process(es)" in (exp / "train.log").read_text()
+    assert (exp / "model.pt").is_file()
+    assert json.loads((exp / "history.json").read_text())[-1]["step"] == 4
 
 
 def test_lm_text_leaves_out_the_dev_and_test_transcripts(tmp_path):
