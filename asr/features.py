@@ -107,8 +107,11 @@ class SpecAugmentConfig:
     enabled: bool = True
     freq_masks: int = 2
     freq_width: int = 27  # widest frequency mask, in mel channels (LibriSpeech policy of Park et al., 2019)
-    time_masks: int = 2
+    time_masks: int = 2  # time masks an utterance; with time_masks_ratio, the most an utterance gets
     time_width_ratio: float = 0.05  # widest time mask, as a fraction of the utterance's frames
+    # Adaptive multiplicity (Park et al. 2020): an utterance of T frames gets min(time_masks, ⌊time_masks_ratio × T⌋)
+    # time masks, so a long utterance is masked as much, in proportion, as a short one (0 = time_masks for all).
+    time_masks_ratio: float = 0.0
     # Vocal tract length perturbation, also a training-only feature augmentation: each utterance's frequency axis is
     # scaled by a factor drawn uniformly from [1 - vtlp_max_warp, 1 + vtlp_max_warp] (0 = off). It moves formants
     # as a shorter or longer vocal tract would, which helps most when few speakers are heard in training.
@@ -117,6 +120,8 @@ class SpecAugmentConfig:
     def __post_init__(self):
         if not 0 <= self.vtlp_max_warp < 1:
             raise ConfigError(f"specaugment.vtlp_max_warp must be in [0, 1), got {self.vtlp_max_warp}")
+        if not 0 <= self.time_masks_ratio < 1:
+            raise ConfigError(f"specaugment.time_masks_ratio must be in [0, 1), got {self.time_masks_ratio}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -424,6 +429,12 @@ class SpecAugment(nn.Module):
             return None
         return 1 + self.cfg.vtlp_max_warp * (2 * torch.rand(batch, device=device) - 1)
 
+    def time_mask_counts(self, lengths: torch.Tensor) -> torch.Tensor:
+        """How many time masks each utterance of `lengths` frames gets."""
+        if self.cfg.time_masks_ratio == 0:
+            return torch.full_like(lengths, self.cfg.time_masks)
+        return (lengths * self.cfg.time_masks_ratio).long().clamp(max=self.cfg.time_masks)
+
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.cfg.enabled:
             return feats
@@ -434,25 +445,25 @@ class SpecAugment(nn.Module):
         freq_masked = _random_bands(
             extent=all_channels,
             widest=all_channels.clamp(max=self.cfg.freq_width),
-            count=self.cfg.freq_masks,
+            count=torch.full_like(all_channels, self.cfg.freq_masks),
             size=n_mels,
         )
         time_masked = _random_bands(
             extent=lengths,
             widest=(lengths * self.cfg.time_width_ratio).long(),
-            count=self.cfg.time_masks,
+            count=self.time_mask_counts(lengths),
             size=max_frames,
         )
         masked = (time_masked[:, :, None] | freq_masked[:, None, :]) & _valid_frames(lengths, max_frames)[..., None]
         return feats.masked_fill(masked, 0.0)
 
 
-def _random_bands(extent: torch.Tensor, widest: torch.Tensor, count: int, size: int) -> torch.Tensor:
-    """(B, size) bool: `count` bands a row, each of width uniform in [0, widest] lying within [0, extent)."""
+def _random_bands(extent: torch.Tensor, widest: torch.Tensor, count: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size) bool: `count[i]` bands in row i, each of width uniform in [0, widest] lying within [0, extent)."""
     positions = torch.arange(size, device=extent.device)
     masked = torch.zeros(len(extent), size, dtype=torch.bool, device=extent.device)
-    for _ in range(count):
-        width = _uniform_integers(widest)
+    for band in range(int(count.max()) if len(count) else 0):
+        width = _uniform_integers(widest) * (band < count)  # rows with fewer bands get empty ones
         start = _uniform_integers(extent - width)
         masked |= (positions >= start[:, None]) & (positions < (start + width)[:, None])
     return masked

@@ -1,5 +1,6 @@
 """asr.features against librosa, numpy transcriptions of the formulas, and real recordings."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -303,6 +304,33 @@ def test_spec_augment_masks_stay_within_their_bounds_and_the_valid_frames():
             time_masked_total += int(time_masked.sum())
             freq_masked_total += int(freq_masked.sum())
     assert time_masked_total > 0 and freq_masked_total > 0
+
+
+def test_adaptive_time_masks_grow_in_number_with_the_utterance():
+    # Park et al. 2020's adaptive multiplicity: min(cap, floor(ratio × frames)) masks, each at most 5 % of the frames.
+    cfg = SpecAugmentConfig(freq_masks=0, time_masks=6, time_masks_ratio=0.01, time_width_ratio=0.05)
+    specaug = SpecAugment(cfg).train()
+    lengths = torch.tensor([1000, 420, 250, 99])
+    expected = [min(6, math.floor(0.01 * length)) for length in lengths.tolist()]
+    assert expected == [6, 4, 2, 0]
+    assert specaug.time_mask_counts(lengths).tolist() == expected
+    torch.manual_seed(0)
+    fractions = {length: [] for length in lengths.tolist()}
+    most_runs = {length: 0 for length in lengths.tolist()}
+    for _ in range(200):
+        augmented = specaug(torch.rand(4, 1000, 20) + 1, lengths)
+        for index, length in enumerate(lengths.tolist()):
+            time_masked = (augmented[index, :length] == 0).all(dim=1)
+            assert runs(time_masked) <= expected[index]
+            assert time_masked.sum() <= expected[index] * math.floor(0.05 * length)
+            fractions[length].append(float(time_masked.float().mean()))
+            most_runs[length] = max(most_runs[length], runs(time_masked))
+    assert [most_runs[length] for length in lengths.tolist()] == expected  # every mask is drawn, at times apart
+    mean = {length: sum(values) / len(values) for length, values in fractions.items()}
+    # About count × (widest / 2) frames masked: a tenth at the cap's utterance length, nothing on the shortest.
+    assert mean[99] == 0 and 0.6 * mean[420] < mean[1000] * 4 / 6 < 1.4 * mean[420]
+    with pytest.raises(ConfigError, match="time_masks_ratio"):
+        SpecAugmentConfig(time_masks_ratio=1.5)
 
 
 def test_spec_augment_is_repeatable_from_torch_seed():

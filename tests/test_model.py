@@ -295,3 +295,45 @@ def test_unknown_keys_missing_vocabulary_and_wrong_feature_size_are_config_error
     model = AcousticModel(small_config())
     with pytest.raises(ConfigError, match="input_dim"):
         model(torch.randn(1, 10, 80), torch.tensor([10]))
+
+
+def test_layer_norm_normalizes_each_layers_merged_output_as_the_formula_says():
+    torch.manual_seed(0)
+    model = AcousticModel(small_config(num_layers=3, layer_norm=True)).eval()
+    for layer in model.encoder.layers:  # a scale and shift other than LayerNorm's initial ones and zeros
+        torch.nn.init.normal_(layer.norm.weight)
+        torch.nn.init.normal_(layer.norm.bias)
+    feats, lengths = torch.randn(2, 40, 16), torch.tensor([40, 23])
+    with torch.no_grad():
+        x, frame_lengths = model.subsampler(feats, lengths)
+        for layer in model.encoder.layers:
+            forward_out, backward_out = layer.rnn(x, frame_lengths)
+            merged = torch.cat([forward_out, backward_out], dim=-1).numpy().astype(np.float64)
+            mean = merged.mean(axis=-1, keepdims=True)
+            variance = merged.var(axis=-1, keepdims=True)  # LayerNorm's: biased, over the features of a frame
+            expected = (merged - mean) / np.sqrt(variance + 1e-5) * layer.norm.weight.numpy() + layer.norm.bias.numpy()
+            x = layer(x, frame_lengths)
+            np.testing.assert_allclose(x.numpy(), expected, rtol=1e-4, atol=1e-5)
+        log_probs, _ = model(feats, lengths)
+        np.testing.assert_allclose(log_probs.numpy(), torch.log_softmax(model.head(x), -1).numpy(), atol=1e-5)
+
+
+def test_a_layer_normed_model_exports_to_onnx_with_the_same_outputs(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from asr.export import export_onnx
+
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer()
+    config = small_config(input_dim=80, vocab_size=tokenizer.vocab_size, layer_norm=True, num_layers=3)
+    recognizer = Recognizer(config, FeatureConfig(normalization="utterance"), tokenizer).eval()
+    session = onnxruntime.InferenceSession(str(export_onnx(recognizer, tmp_path / "model.onnx")),
+                                           providers=["CPUExecutionProvider"])
+    audio = torch.randn(2, 24000) * 0.1
+    lengths = torch.tensor([24000, 15000])
+    got, got_lengths = session.run(None, {"audio": audio.numpy(), "audio_lengths": lengths.numpy()})
+    with torch.inference_mode():
+        expected, expected_lengths = recognizer(audio, lengths)
+    assert got_lengths.tolist() == expected_lengths.tolist()
+    valid = torch.arange(expected.size(1))[None, :] < expected_lengths[:, None]
+    assert (torch.from_numpy(got) - expected).abs()[valid].max() < 1e-3
