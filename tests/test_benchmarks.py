@@ -38,8 +38,8 @@ def test_bucketed_batches_fit_the_padded_budget_and_use_every_utterance_once(too
 
     durations = librispeech_durations(500)
     batches = bucketed_batches(durations, max_seconds=60.0)
-    assert sorted(d for batch in batches for d in batch) == sorted(durations)
-    assert all(max(batch) * len(batch) <= 60.0 for batch in batches)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(durations)))
+    assert all(max(durations[i] for i in batch) * len(batch) <= 60.0 for batch in batches)
 
 
 def test_plan_batches_numbers_the_utterances_it_keeps(tools):
@@ -78,20 +78,36 @@ def test_combined_rounds_take_the_median_rate_and_the_largest_memory(tools):
     assert rows[1]["vs_asr_model"] == 0.25
 
 
-def test_gpu_bench_dry_run_on_the_cpu(tmp_path):
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: a second thread only waits
-    process = subprocess.run(["bash", str(TOOLS / "gpu_bench.sh"), "--device", "cpu", "--quick"], cwd=tmp_path,
-                             capture_output=True, text=True, env=environment, timeout=170)
+def test_gpu_bench_smoke_run_measures_every_config_and_variant_on_the_cpu(tmp_path, tools):
+    import yaml
+    from gpu_bench import TRAINING_HOURS, read_setup
+
+    # Each config's own model: what the smoke run shrinks is only the size, and the full run reads it as written.
+    for name in TRAINING_HOURS:
+        written = yaml.safe_load((REPO / "recipes" / "librispeech" / "conf" / f"{name}.yaml").read_text())
+        setup = read_setup(name, smoke=False)
+        assert (setup.model.num_layers, setup.model.hidden_size) == (written["model"]["num_layers"],
+                                                                     written["model"]["hidden_size"])
+        assert setup.model.vocab_size == written["tokenizer"]["vocab_size"]
+        assert setup.device_batch_seconds == min(written["data"]["max_seconds"],
+                                                 written["data"].get("device_max_seconds") or math.inf)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}  # tiny models: 1 thread
+    process = subprocess.run(["bash", str(TOOLS / "gpu_bench.sh"), "--smoke"], cwd=tmp_path,
+                             capture_output=True, text=True, env=environment, timeout=300)
     assert process.returncode == 0, process.stderr
-    assert "100 h epoch" in process.stdout
     report = json.loads((tmp_path / "gpu_bench.json").read_text())
-    assert [row["precision"] for row in report["results"]] == ["bf16", "fp32"]
+    assert [(row["config"], row["variant"]) for row in report["results"]] == [
+        (config, variant) for config in TRAINING_HOURS for variant in ("synthetic", "cudnn-bidir", "loader")]
     for row in report["results"]:
         assert row["steps"] == 2 and row["audio_seconds"] > 0 and row["peak_memory_gb"] > 0
+        assert row["audio_seconds"] <= 2 * 20.0 / 0.9 + 1e-6  # two batches of 20 padded s (speed 0.9 stretches)
         rate = row["audio_seconds"] / row["seconds"]
         assert math.isclose(row["audio_seconds_per_second"], rate, rel_tol=0.01)
-        assert math.isclose(row["train_clean_100_epoch_minutes"], 100.6 * 60 / rate, rel_tol=0.01)
-        assert math.isclose(row["librispeech_960h_epoch_minutes"], 960 * 60 / rate, rel_tol=0.01)
+        assert math.isclose(row["epoch_minutes"], TRAINING_HOURS[row["config"]] * 60 / rate, rel_tol=0.01)
+        assert (row["loader_wait_seconds"] is not None) == (row["variant"] == "loader")
+        if row["variant"] == "loader":
+            assert 0 <= row["loader_wait_seconds"] <= row["seconds"]
+    assert set(report["models"]) == set(TRAINING_HOURS) and report["notes"] == []
 
 
 @pytest.mark.slow
