@@ -32,9 +32,9 @@ from asr.decoding import BeamSearchDecoder, WordLM
 from asr.errors import AsrError
 from asr.evaluate import evaluate
 
-# Beams. The grid is searched at a small beam, as wav2vec 2.0 tuned its LM weights (beam 50), and the chosen pair
-# decodes at a beam a 4-gram needs: wav2vec 2.0 decodes with its 4-gram at 500 (torchaudio's LibriSpeech example at
-# 1500); a beam of 50 prunes most word hypotheses an n-gram would rescue before the LM can score them.
+# Beams. The grid's points are compared at a small beam; the chosen pair decodes at a beam a 4-gram needs:
+# OpenSeq2Seq's DeepSpeech2 decodes with the LibriSpeech 4-gram at 512, torchaudio's LibriSpeech example at 1,500. A
+# beam of 50 prunes word hypotheses that the 4-gram would rescue later in the utterance.
 TUNE_BEAM = 50
 FINAL_BEAM = 500
 
