@@ -402,9 +402,10 @@ def test_recipe_end_to_end_from_the_download(tmp_path, synthetic_tree, real_test
     checksums = {Path(path).name.removesuffix(".tar.gz"): sha256(body) for path, body in archives.items()}
     (tmp_path / "checksums.json").write_text(json.dumps(checksums))
     work = tmp_path / "work"
+    # Two training processes (gloo on the CPU), as --gpus 2 would start on a machine with GPUs.
     options = ["--checksums", str(tmp_path / "checksums.json"), "--config", "debug", "--dev-sets", "dev-clean",
                "--test-sets", "test-clean test-other", "--lms", "3-gram.pruned.1e-7", "--lm-weights", "0.5 1",
-               "--word-scores", "0", "--tune-utterances", "0"]
+               "--word-scores", "0", "--tune-utterances", "0", "--beam", "50", "--cpu-procs", "2"]
     tiny_training = ["train.max_steps=16", "train.max_minutes=0", "optim.decay_by=steps", "model.num_layers=1", "model.hidden_size=32",
                      "data.max_seconds=40", "optim.warmup_fraction=0.25"]
 
@@ -432,6 +433,8 @@ def test_recipe_end_to_end_from_the_download(tmp_path, synthetic_tree, real_test
     assert [len(references[s]) for s in ("train-clean-100", "dev-clean", "test-clean", "test-other")] == [40, 10, 10, 4]
 
     exp = work / "exp" / "debug"
+    assert "stage 4: train exp/debug on train-clean-100 (1 node(s) × 2 cpu process(es))" in result.stdout
+    assert "on cpu, 2 process(es)" in (exp / "train.log").read_text()
     assert (exp / "avg.pt").is_file()
     assert "max_steps: 16" in (exp / "config.yaml").read_text()
     history = json.loads((exp / "history.json").read_text())
@@ -456,6 +459,7 @@ def test_recipe_end_to_end_from_the_download(tmp_path, synthetic_tree, real_test
     chosen = json.loads((exp / "decode_lm_3-gram.pruned.1e-7" / "decoding.json").read_text())
     best = min(tuning["points"], key=lambda point: point["errors"])
     assert (chosen["lm_weight"], chosen["word_score"], chosen["tuned_on"]) == (best["lm_weight"], 0.0, ["dev-clean"])
+    assert (chosen["beam_size"], tuning["beam_size"]) == (50, 50)  # so the chosen point's dev WER is the decoding's
     assert math.isclose(best["wer"], decodings["lm_3-gram.pruned.1e-7"]["dev-clean"], abs_tol=1e-4)
 
     # The report: one row a decoding, the WERs of the decode folders, and the curves.

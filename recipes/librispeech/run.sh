@@ -31,7 +31,7 @@
 #   --dev-sets "..."     (default "dev-clean dev-other")   --test-sets "..."   (default "test-clean test-other")
 #   --exp NAME           experiment folder exp/NAME (default: the config's name)
 #   --gpus N             train on N GPUs of this machine (of each machine with --nnodes), one torchrun process each;
-#                        refused where fewer GPUs exist
+#                        refused where fewer GPUs exist (default: one process, on a GPU where there is one)
 #   --cpu-procs N        train with N CPU processes (gloo) instead: no GPU needed (checks, tests, CPU clusters)
 #   --nnodes N --node-rank K --master-addr HOST --master-port PORT
 #                        train on N machines: run.sh runs on each (the same arguments but K = 0..N-1; every stage but
@@ -65,7 +65,7 @@ train_sets=
 dev_sets="dev-clean dev-other"
 test_sets="test-clean test-other"
 exp_name=
-gpus=1
+gpus=
 cpu_procs=0
 nnodes=1
 node_rank=0
@@ -238,9 +238,11 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   if [ "$cpu_procs" -gt 0 ]; then
     procs=$cpu_procs device=cpu
     options+=(--device cpu)
-  else
+  elif [ -n "$gpus" ]; then
     procs=$gpus device=GPU
     check_gpus "$gpus"
+  else
+    procs=1 device="GPU or CPU"  # one process, on a GPU where there is one
   fi
   say "stage 4: train $exp on $train_tag ($nnodes node(s) × $procs $device process(es))"
   launcher=(python -m asr)
