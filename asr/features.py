@@ -109,8 +109,8 @@ class SpecAugmentConfig:
     freq_width: int = 27  # widest frequency mask, in mel channels (LibriSpeech policy of Park et al., 2019)
     time_masks: int = 2  # time masks an utterance; with time_masks_ratio, the most an utterance gets
     time_width_ratio: float = 0.05  # widest time mask, as a fraction of the utterance's frames
-    # Adaptive multiplicity (Park et al. 2020): an utterance of T frames gets min(time_masks, ⌊time_masks_ratio × T⌋)
-    # time masks, so a long utterance is masked as much, in proportion, as a short one (0 = time_masks for all).
+    # Adaptive multiplicity (Park et al. 2020): an utterance of T frames gets min(time_masks, ⌊time_masks_ratio ×
+    # T⌋) time masks, so a long utterance is masked as much, in proportion, as a short one (0: time_masks for all).
     time_masks_ratio: float = 0.0
     # Vocal tract length perturbation, also a training-only feature augmentation: each utterance's frequency axis is
     # scaled by a factor drawn uniformly from [1 - vtlp_max_warp, 1 + vtlp_max_warp] (0 = off). It moves formants

@@ -38,3 +38,18 @@ def original_formats(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def fsdd_dir(data_dir) -> Path:
     return data_dir / "fsdd" / "recordings"
+
+
+@pytest.fixture
+def kenlm_loads(monkeypatch) -> list[str]:
+    """The path of every KenLM model loaded while the test runs (flashlight's KenLM constructor, spied on)."""
+    kenlm = pytest.importorskip("flashlight.lib.text.decoder.kenlm")
+    loads = []
+
+    class CountingKenLM(kenlm.KenLM):
+        def __init__(self, path, word_dict):
+            loads.append(path)
+            super().__init__(path, word_dict)
+
+    monkeypatch.setattr(kenlm, "KenLM", CountingKenLM)
+    return loads

@@ -315,27 +315,19 @@ def test_language_model_with_word_pieces(tiny_lm):
     assert [w.word for w in hypothesis.words] == ["THE", "CAT", "SAT"]
 
 
-def test_a_loaded_lm_is_shared_by_decoders_of_other_weights(tiny_lm, monkeypatch):
-    from flashlight.lib.text.decoder import kenlm
-
-    loads = []
-
-    class CountingKenLM(kenlm.KenLM):
-        def __init__(self, path, word_dict):
-            loads.append(path)
-            super().__init__(path, word_dict)
-
-    monkeypatch.setattr(kenlm, "KenLM", CountingKenLM)
+def test_a_loaded_lm_is_shared_by_decoders_of_other_weights(tiny_lm, kenlm_loads):
     log_probs = the_cat_sad(CHAR, list("THE|CAT|SA"), ("D", 0.5, "T", 0.4))[None]
     lengths = torch.tensor([11])
     shared = WordLM(CHAR, tiny_lm)
-    decisions = {weight: BeamSearchDecoder(CHAR, lm=shared, lm_weight=weight, beam_size=beam).decode(
-        log_probs, lengths)[0].text for weight, beam in ((0.0, 10), (2.0, 10), (2.0, 500))}
-    assert loads == [str(tiny_lm)]  # one load for three decoders
-    # Each decides as a decoder that loads the LM from its file does.
-    assert decisions == {weight: BeamSearchDecoder(CHAR, lm=tiny_lm, lm_weight=weight).decode(log_probs, lengths)[0].text
-                         for weight in (0.0, 2.0)} == {0.0: "THE CAT SAD", 2.0: "THE CAT SAT"}
-    assert len(loads) == 3
+    settings = ((0.0, 10), (2.0, 10), (2.0, 500))  # (LM weight, beam)
+    shared_texts = [BeamSearchDecoder(CHAR, lm=shared, lm_weight=weight, beam_size=beam).decode(log_probs, lengths)[0]
+                    .text for weight, beam in settings]
+    assert kenlm_loads == [str(tiny_lm)]  # one load for three decoders
+    # Each decides as a decoder that loads the LM from its own file does.
+    own_texts = [BeamSearchDecoder(CHAR, lm=tiny_lm, lm_weight=weight, beam_size=beam).decode(log_probs, lengths)[0]
+                 .text for weight, beam in settings]
+    assert shared_texts == own_texts == ["THE CAT SAD", "THE CAT SAT", "THE CAT SAT"]
+    assert len(kenlm_loads) == 4
     with pytest.raises(ConfigError, match="lexicon already"):
         BeamSearchDecoder(CHAR, lm=shared, lexicon=tiny_lm)
 

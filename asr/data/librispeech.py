@@ -100,8 +100,8 @@ def download_librispeech(
                 if not already_extracted(dest_dir / f"{subset}.tar.gz", dest_dir, expected_sha256[subset])]
     if to_fetch:
         needed = _disk_needed(to_fetch, dest_dir, base_url, keep_archives)
-        check_free_space(dest_dir, needed, f"LibriSpeech {', '.join(to_fetch)} "
-                                           f"({'archives kept' if keep_archives else 'archives deleted once extracted'})")
+        archives = "archives kept" if keep_archives else "archives deleted once extracted"
+        check_free_space(dest_dir, needed, f"LibriSpeech {', '.join(to_fetch)} ({archives})")
     for subset in to_fetch:
         archive = dest_dir / f"{subset}.tar.gz"
         sha256 = expected_sha256[subset]
