@@ -116,6 +116,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+if [ "$nnodes" -gt 1 ] && [ -z "$master_addr" ]; then
+  echo "run.sh: --nnodes $nnodes needs --master-addr, the address of node 0 (where --node-rank is 0)" >&2; exit 2
+fi
+
 # --config names a file, or a config of conf/ by its name.
 if [ -f "$config" ]; then
   config=$(realpath "$config")
