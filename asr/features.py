@@ -446,23 +446,27 @@ class SpecAugment(nn.Module):
             extent=all_channels,
             widest=all_channels.clamp(max=self.cfg.freq_width),
             count=torch.full_like(all_channels, self.cfg.freq_masks),
+            most=self.cfg.freq_masks,
             size=n_mels,
         )
         time_masked = _random_bands(
             extent=lengths,
             widest=(lengths * self.cfg.time_width_ratio).long(),
             count=self.time_mask_counts(lengths),
+            most=self.cfg.time_masks,
             size=max_frames,
         )
         masked = (time_masked[:, :, None] | freq_masked[:, None, :]) & _valid_frames(lengths, max_frames)[..., None]
         return feats.masked_fill(masked, 0.0)
 
 
-def _random_bands(extent: torch.Tensor, widest: torch.Tensor, count: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, size) bool: `count[i]` bands in row i, each of width uniform in [0, widest] lying within [0, extent)."""
+def _random_bands(extent: torch.Tensor, widest: torch.Tensor, count: torch.Tensor, most: int,
+                  size: int) -> torch.Tensor:
+    """(B, size) bool: `count[i]` (at most `most`) bands in row i, each of width uniform in [0, widest] lying within
+    [0, extent). `most` comes from the config, so that no count is read back from the device."""
     positions = torch.arange(size, device=extent.device)
     masked = torch.zeros(len(extent), size, dtype=torch.bool, device=extent.device)
-    for band in range(int(count.max()) if len(count) else 0):
+    for band in range(most):
         width = _uniform_integers(widest) * (band < count)  # rows with fewer bands get empty ones
         start = _uniform_integers(extent - width)
         masked |= (positions >= start[:, None]) & (positions < (start + width)[:, None])
