@@ -180,7 +180,7 @@ def test_more_gpus_than_the_machine_has_are_refused(tmp_path, original_formats):
 
 TINY_TRAINING = ["train.max_steps=4", "train.max_minutes=0", "optim.decay_by=steps", "model.num_layers=1",
                  "model.hidden_size=16", "model.subsampling_channels=4", "data.max_seconds=40", "data.num_workers=0",
-                 "optim.warmup_steps=2", "train.log_every=1"]
+                 "optim.warmup_fraction=0.25", "train.log_every=1"]
 
 
 def free_port() -> int:
