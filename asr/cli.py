@@ -332,6 +332,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from asr.serve import ServeConfig, run_server
+    except ImportError as error:
+        raise AsrError(f"asr serve needs the serve extra (pip install 'asr[serve]'): {error}") from None
+
+    config = ServeConfig(model_name=args.model_name or Path(args.model).stem, max_batch_seconds=args.max_batch_seconds,
+                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_upload_mb=args.max_upload_mb,
+                         api_key=args.api_key, cors_origins=args.cors_origin, chunk_seconds=args.chunk_seconds,
+                         overlap_seconds=args.overlap_seconds, language=args.language)
+    recognizer = _load_recognizer(args)
+    run_server(recognizer, config, args.host, args.port, model_created=int(os.path.getmtime(args.model)),
+               shutdown_timeout=args.shutdown_timeout, access_log=args.verbose)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The parser
 
@@ -458,6 +474,37 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="an experiment's report.md (training, WER tables) and curves.png")
     report.add_argument("experiments", nargs="+", metavar="EXP_DIR", help="experiment folders, e.g. exp/train_100")
     report.set_defaults(func=cmd_report)
+
+    serve = commands.add_parser("serve", help="an HTTP server with OpenAI's transcription API and a web page")
+    serve.add_argument("--model", required=True, help="model file (model.pt) or an ONNX graph from asr export")
+    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    serve.add_argument("--threads", type=int, default=None, help="CPU threads for torch, or ONNX Runtime")
+    serve.add_argument("--quantize", choices=["int8"], default=None,
+                       help="CPU only, model files only: int8 weights for the GRU and Linear layers")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
+    serve.add_argument("--api-key", default=os.environ.get("ASR_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on /v1/ and /metrics (default: $ASR_API_KEY; none)")
+    serve.add_argument("--max-batch-seconds", type=float, default=60.0,
+                       help="padded audio decoded together in one batch (default: 60; 0: no batching)")
+    serve.add_argument("--max-wait-ms", type=float, default=10.0,
+                       help="how long a batch waits to fill after its first request (default: 10; 0: no waiting)")
+    serve.add_argument("--max-queue", type=int, default=64,
+                       help="requests waiting for the model; more get 503 with Retry-After (default: 64)")
+    serve.add_argument("--max-upload-mb", type=float, default=25.0,
+                       help="largest upload in MiB; larger requests get 413 (default: 25, as OpenAI's API)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="allow browser pages of this origin to call the API (repeatable; default: none)")
+    serve.add_argument("--chunk-seconds", type=float, default=30.0,
+                       help="longer recordings are decoded in overlapping windows this long (default: 30)")
+    serve.add_argument("--overlap-seconds", type=float, default=5.0,
+                       help="how much consecutive windows overlap (default: 5)")
+    serve.add_argument("--model-name", default=None, help="the model's id in /v1/models (default: the file's stem)")
+    serve.add_argument("--language", default="english", help="the language verbose_json reports (default: english)")
+    serve.add_argument("--shutdown-timeout", type=float, default=30.0,
+                       help="on SIGTERM, seconds to finish the requests in flight (default: 30)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -193,6 +193,23 @@ def transcribe_files(recognizer, paths: Iterable[str | Path], decoder=None, batc
         next_to_yield += 1
 
 
+def transcribe_waveforms(recognizer, waves: Sequence[np.ndarray], decoder=None) -> list[Transcript]:
+    """Transcribe 16 kHz mono float32 waveforms already in memory, decoded together as one zero-padded batch: one
+    Transcript a waveform, in order, each named "<waveform>". For recordings up to a window long; a longer one goes
+    through `transcribe_file`, which decodes it window by window. The batch's time is shared by duration."""
+    if not waves:
+        return []
+    decoder = decoder or default_decoder(recognizer)
+    waves = [as_samples(wave) for wave in waves]
+    started = time.perf_counter()
+    with _evaluation_mode(recognizer):
+        hypotheses = _decode_waves(recognizer, decoder, waves)
+    elapsed = time.perf_counter() - started
+    total_samples = sum(wave.size for wave in waves) or 1
+    return [Transcript("<waveform>", hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words),
+                       elapsed * wave.size / total_samples) for wave, hypothesis in zip(waves, hypotheses)]
+
+
 def _plan_batches(indices: list[int], durations: dict[int, float], batch_size: int,
                   max_batch_seconds: float) -> list[list[int]]:
     """Cut indices sorted by duration into consecutive batches; a batch's padded length is its last file's."""
