@@ -40,7 +40,7 @@ import prometheus_client
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -440,7 +440,14 @@ def _endpoint(path: str) -> str:
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """Raised by the gate's `receive` once a body without Content-Length grows over the limit; the route that
+    reads the body turns it into a 413 (raised through Starlette, it would become a 500)."""
+
+
+def _too_large(config: ServeConfig) -> RequestError:
+    # Connection: close, since the rest of the body is not read.
+    return RequestError(413, f"the request is larger than the server's limit of {config.max_upload_mb:g} MiB "
+                             f"(asr serve --max-upload-mb)", "file", "file_too_large", {"Connection": "close"})
 
 
 class _Gate:
@@ -458,12 +465,11 @@ class _Gate:
         started = time.perf_counter()
         endpoint = _endpoint(scope["path"])
         status = 500  # unless a response starts
-        responded = False
 
         async def send_and_note(message):
-            nonlocal status, responded
+            nonlocal status
             if message["type"] == "http.response.start":
-                status, responded = message["status"], True
+                status = message["status"]
             await send(message)
 
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
@@ -472,11 +478,7 @@ class _Gate:
             if refusal is not None:
                 await refusal(scope, receive, send_and_note)
                 return
-            try:
-                await self.app(scope, self._limited(receive), send_and_note)
-            except _BodyTooLarge:
-                if not responded:
-                    await self._too_large()(scope, receive, send_and_note)
+            await self.app(scope, self._limited(receive), send_and_note)
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             if status >= 400:
@@ -494,14 +496,9 @@ class _Gate:
                                       "invalid_api_key", {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.config.max_body_bytes:
-            return self._too_large()
+            error = _too_large(self.config)
+            return error_response(error.status, error.message, error.param, error.code, error.headers)
         return None
-
-    def _too_large(self) -> Response:
-        # Connection: close, since the rest of the body is not read.
-        return error_response(413, f"the request is larger than the server's limit of {self.config.max_upload_mb:g} "
-                                   f"MiB (asr serve --max-upload-mb)", "file", "file_too_large",
-                              {"Connection": "close"})
 
     def _limited(self, receive):
         received = 0
@@ -574,8 +571,12 @@ class Server:
                 parsed = parse_transcription_form(form)
                 transcript = await self._transcribe(parsed.upload)
                 return transcription_response(transcript, parsed, self.config.language)
-        except MultiPartException as error:
-            return error_response(400, f"malformed multipart body: {error.message}", "file", "invalid_multipart")
+        except _BodyTooLarge:
+            error = _too_large(self.config)
+            return error_response(error.status, error.message, error.param, error.code, error.headers)
+        except HTTPException as error:  # Starlette's answer to a multipart body it cannot parse
+            return error_response(error.status_code, f"malformed multipart body: {error.detail}", "file",
+                                  "invalid_multipart")
         except RequestError as error:
             return error_response(error.status, error.message, error.param, error.code, error.headers)
 

@@ -26,7 +26,7 @@ DIGIT_WORDS = ("ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "E
 SPEAKERS = ("george", "jackson")
 TAKES = range(5, 10)
 UTTERANCES = 400
-STEPS = 1200
+STEPS = 900
 EDGE_SECONDS = 0.5  # silence before the first and after the last digit: up to this long
 
 
