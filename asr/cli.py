@@ -488,8 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require 'Authorization: Bearer KEY' on /v1/ and /metrics (default: $ASR_API_KEY; none)")
     serve.add_argument("--max-batch-seconds", type=float, default=60.0,
                        help="padded audio decoded together in one batch (default: 60; 0: no batching)")
-    serve.add_argument("--max-wait-ms", type=float, default=10.0,
-                       help="how long a batch waits to fill after its first request (default: 10; 0: no waiting)")
+    serve.add_argument("--max-wait-ms", type=float, default=0.0,
+                       help="how long the oldest request waits for its batch to fill (default: 0: a batch is what "
+                            "queued while the model was busy)")
     serve.add_argument("--max-queue", type=int, default=64,
                        help="requests waiting for the model; more get 503 with Retry-After (default: 64)")
     serve.add_argument("--max-upload-mb", type=float, default=25.0,

@@ -9,10 +9,10 @@
 A request's upload is copied into the server's temporary folder and decoded by `asr.audio` on Starlette's thread
 pool, so that a malformed file is refused (4xx, OpenAI's error shape) before it reaches the model. The samples then
 wait in a bounded queue for the one inference thread (`BatchingTranscriber`), which decodes the waiting recordings
-together, up to `max_batch_seconds` of padded audio, after waiting at most `max_wait_ms` for the batch to fill: under
-load a batch costs little more than one recording, so requests a second grow with the load while the model runs on
-one thread. A recording longer than a window (`chunk_seconds`) goes alone through `asr.transcribe.transcribe_file`,
-which reads it from its file one overlapping window at a time. The event loop never runs the model.
+together, up to `max_batch_seconds` of padded audio (after waiting up to `max_wait_ms` for the batch to fill, if
+asked): a batch of N recordings costs far less than N decodes, so the requests answered a second grow with the load.
+A recording longer than a window (`chunk_seconds`) goes alone through `asr.transcribe.transcribe_file`, which reads
+it from its file one overlapping window at a time. The event loop never runs the model.
 
 Policy (limits, batching, error shapes) lives here; `asr serve` in asr/cli.py only parses flags. docs/serving.md
 says why Starlette and uvicorn, and what each flag and metric means.
@@ -76,7 +76,10 @@ class ServeConfig:
 
     model_name: str = "asr"  # the id GET /v1/models reports
     max_batch_seconds: float = 60.0  # padded audio decoded in one batch; 0: one request a batch (no batching)
-    max_wait_ms: float = 10.0  # how long the first request of a batch waits for others; 0: take what is queued
+    # How long the oldest request waits for its batch to fill. 0: the batch is what queued while the model was busy,
+    # which on a CPU served best at every load measured (docs/benchmarks.md); waiting pays where a batch costs
+    # little more than one recording, as on a GPU.
+    max_wait_ms: float = 0.0
     max_queue: int = 64  # requests waiting for the model; one more gets 503
     max_upload_mb: float = 25.0  # OpenAI's limit
     api_key: str | None = None
@@ -215,7 +218,7 @@ class BatchingTranscriber:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            # A request whose client went away was cancelled: it is not decoded.
+            # A request whose task was cancelled meanwhile (at the end of the shutdown timeout) is not decoded.
             batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
             if batch:
                 self._decode(batch)
@@ -532,7 +535,8 @@ class Server:
         middleware = []
         if self.config.cors_origins:
             middleware.append(Middleware(CORSMiddleware, allow_origins=self.config.cors_origins,
-                                         allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
+                                         allow_methods=["GET", "POST"],
+                                         allow_headers=["Authorization", "Content-Type"]))
         routes = [
             Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
@@ -644,7 +648,8 @@ class Server:
 
 # The page loads nothing from elsewhere: a browser refuses any script, style or connection not from this server.
 _PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self' blob:; img-src 'self' data: blob:; "
+                               "media-src 'self' blob:; "
                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }

@@ -7,14 +7,12 @@ batch padded wrongly shows.
 """
 import concurrent.futures
 import http.client
-import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,9 +95,10 @@ def onnx_model_file(digits_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(digits_model):
-    # Windows of 6 s: the model heard utterances of up to 3.5 s, and a window as long as that, not 30 s.
+    # Windows of 6 s: the model heard utterances of up to 3.5 s, and a window as long as that, not 30 s. Batches
+    # wait 20 ms to fill, so that concurrent requests are batched even when the model is quick.
     served = Server(digits_model.model, "--max-upload-mb", 2, "--model-name", "digits", "--chunk-seconds", 6,
-                    "--overlap-seconds", 2)
+                    "--overlap-seconds", 2, "--max-wait-ms", 20)
     yield served
     served.stop()
 

@@ -1,10 +1,12 @@
 """Throughput and latency of `asr serve` under load on 127.0.0.1, with dynamic batching on and off.
 
-For each server setting (batched: the defaults; unbatched: --max-batch-seconds 0) it starts `python -m asr serve`,
+For each server setting (SETTINGS: batched, the defaults; waiting, --max-wait-ms 10; unbatched, --max-batch-seconds
+0) it starts `python -m asr serve`,
 sends a few warm-up requests, then for each number of concurrent clients sends a fixed number of requests (each
 client one at a time over its own keep-alive connection, the recordings taken in turn) and prints requests/s, audio
 seconds/s and the 50th/95th/99th latency percentiles as a markdown table. Bounded in count (--requests per level)
-and in time (--max-seconds per level: a level stops sending once over it, and says so).
+and in time (--max-seconds per level: a level stops sending once over it, and says so). Settings take turns over
+--rounds rounds; the medians are reported.
 
     python tools/bench_serve.py --model exp/digits/model.pt
     python tools/bench_serve.py --model model.onnx --concurrency 1 8 32 --requests 256 --threads 1
@@ -32,7 +34,9 @@ from pathlib import Path
 import soundfile
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {"batched": [], "unbatched": ["--max-batch-seconds", "0"]}
+# batched: the defaults (a batch is what queued while the model was busy); waiting: the oldest request also waits up
+# to 10 ms for its batch to fill; unbatched: one request a batch.
+SETTINGS = {"batched": [], "waiting": ["--max-wait-ms", "10"], "unbatched": ["--max-batch-seconds", "0"]}
 
 
 def multipart(path: Path) -> tuple[bytes, str]:
@@ -120,6 +124,7 @@ def main() -> None:
                         help="stop sending at a level after this long (default: 120)")
     parser.add_argument("--threads", type=int, default=1, help="the server's --threads (default: 1)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--rounds", type=int, default=3, help="each setting's runs; medians are reported (default: 3)")
     args = parser.parse_args()
 
     paths = sorted(Path(p) for p in glob.glob(args.audio))
@@ -129,20 +134,30 @@ def main() -> None:
     mean_seconds = statistics.mean(seconds for _, _, seconds in bodies)
     print(f"{len(paths)} recordings ({mean_seconds:.2f} s on average) from {args.audio}; model {args.model}; "
           f"server --threads {args.threads}; {os.cpu_count()} CPUs\n")
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for round_number in range(args.rounds):
+        # The settings take turns, in reverse order every other round, so that a slow spell of a shared machine
+        # falls on all of them.
+        for setting in args.settings[::-1] if round_number % 2 else args.settings:
+            process, port = start_server(args.model, SETTINGS[setting], args.threads)
+            try:
+                run_level(port, bodies, 4, 16, args.max_seconds)  # warm-up: first calls allocate and load
+                for clients in args.concurrency:
+                    runs.setdefault((setting, clients), []).append(
+                        run_level(port, bodies, clients, args.requests, args.max_seconds))
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+    print(f"medians over {args.rounds} rounds\n")
     print("| setting | clients | requests | requests/s | audio s/s | p50 ms | p95 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for setting in args.settings:
-        process, port = start_server(args.model, SETTINGS[setting], args.threads)
-        try:
-            run_level(port, bodies, 4, 16, args.max_seconds)  # warm-up: first calls allocate and load
-            for clients in args.concurrency:
-                r = run_level(port, bodies, clients, args.requests, args.max_seconds)
-                note = " (time limit)" if r["cut_short"] else ""
-                print(f"| {setting} | {clients} | {r['requests']}{note} | {r['rps']:.1f} | {r['audio_per_s']:.1f} | "
-                      f"{r['p50'] * 1000:.0f} | {r['p95'] * 1000:.0f} | {r['p99'] * 1000:.0f} |", flush=True)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+    for (setting, clients), results in runs.items():
+        median = {key: statistics.median(r[key] for r in results) for key in
+                  ("rps", "audio_per_s", "p50", "p95", "p99")}
+        note = " (time limit)" if any(r["cut_short"] for r in results) else ""
+        print(f"| {setting} | {clients} | {results[0]['requests']}{note} | {median['rps']:.1f} | "
+              f"{median['audio_per_s']:.1f} | {median['p50'] * 1000:.0f} | {median['p95'] * 1000:.0f} | "
+              f"{median['p99'] * 1000:.0f} |")
 
 
 if __name__ == "__main__":
