@@ -93,14 +93,19 @@ def finished_results(driver, count, timeout=60):
                          f"{[card.text for card in driver.find_elements(By.CSS_SELECTOR, '.result')]}")
 
 
-def test_the_page_uploads_files_and_shows_each_transcript_with_word_times(browser, digits_model, spoken):
+def test_the_page_uploads_files_and_shows_each_transcript_with_word_times(browser, digits_model, spoken, fsdd_dir):
     from selenium.webdriver.common.by import By
 
     assert browser.find_element(By.ID, "model-name").text == "digits"
-    browser.find_element(By.ID, "files").send_keys("\n".join(u.audio for u in spoken[:2]))
-    cards = finished_results(browser, 2)
+    unheard = fsdd_dir / "0_george_0.wav"  # a take the model never heard: its words may come with low confidence
+    browser.find_element(By.ID, "files").send_keys("\n".join([str(unheard)] + [u.audio for u in spoken[:2]]))
+    cards = finished_results(browser, 3)
     by_name = {card.find_element(By.CSS_SELECTOR, ".name").text: card for card in cards}
     model = asr.load_model(digits_model.model)
+    # Words under 60% confidence are marked, the others not.
+    for chip in by_name[unheard.name].find_elements(By.CSS_SELECTOR, ".word"):
+        confidence = int(chip.find_element(By.CSS_SELECTOR, ".t").text.split("· ")[1].rstrip("%"))
+        assert ("low" in chip.get_attribute("class").split()) == (confidence < 60)
     for utterance in spoken[:2]:
         card = by_name[os.path.basename(utterance.audio)]
         assert card.get_attribute("data-state") == "done"
