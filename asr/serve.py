@@ -293,6 +293,9 @@ class RequestError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.param, self.code, self.headers)
+
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
@@ -406,8 +409,7 @@ def verbose_json(transcript: Transcript, granularities: list[str], language: str
                 "compression_ratio": round(len(text) / len(zlib.compress(text)), 4), "no_speech_prob": 0.0})
         result["segments"] = segments
     if "word" in granularities:
-        result["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
-                            "confidence": round(w.confidence, 4)} for w in transcript.words]
+        result["words"] = transcript.to_dict()["words"]  # asr transcribe's JSON words: word, start, end, confidence
     result["usage"] = {"type": "duration", "seconds": round(transcript.duration, 3)}
     return result
 
@@ -499,8 +501,7 @@ class _Gate:
                                       "invalid_api_key", {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.config.max_body_bytes:
-            error = _too_large(self.config)
-            return error_response(error.status, error.message, error.param, error.code, error.headers)
+            return _too_large(self.config).response()
         return None
 
     def _limited(self, receive):
@@ -576,13 +577,15 @@ class Server:
                 transcript = await self._transcribe(parsed.upload)
                 return transcription_response(transcript, parsed, self.config.language)
         except _BodyTooLarge:
-            error = _too_large(self.config)
-            return error_response(error.status, error.message, error.param, error.code, error.headers)
+            return _too_large(self.config).response()
         except HTTPException as error:  # Starlette's answer to a multipart body it cannot parse
             return error_response(error.status_code, f"malformed multipart body: {error.detail}", "file",
                                   "invalid_multipart")
         except RequestError as error:
-            return error_response(error.status, error.message, error.param, error.code, error.headers)
+            return error.response()
+        except Exception as error:  # noqa: BLE001 - the model failed: still an answer in OpenAI's shape
+            log.exception("transcription failed")
+            return error_response(500, f"the model failed on this recording: {error}", None, "server_error")
 
     async def _transcribe(self, upload: UploadFile) -> Transcript:
         name = Path(upload.filename or "").name or "the upload"

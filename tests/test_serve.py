@@ -445,8 +445,8 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_leaving_no_upload(dig
         served.process.send_signal(signal.SIGTERM)
         status, _, body = in_flight.result(timeout=30)
         assert status == 200 and json.loads(body)["text"] == distinct[3].text
-        # uvicorn re-raises the signal once it has shut down: the exit status of a process ended by SIGTERM.
-        assert served.process.wait(timeout=30) == -signal.SIGTERM
+        # uvicorn (0.29 and later) re-raises the signal once it has shut down: the status of a process it ended.
+        assert served.process.wait(timeout=30) in (0, -signal.SIGTERM)
         with pytest.raises(OSError):
             urllib.request.urlopen(served.url + "/healthz", timeout=2)
         assert list(temp.iterdir()) == []  # the uploads' folder is gone
