@@ -76,7 +76,7 @@ def train_digits_model(fsdd_dir: Path, out_dir: Path, steps: int = STEPS) -> Dig
         "tokenizer.kind=bpe", "tokenizer.vocab_size=28", "features.normalization=global", "features.n_mels=40",
         "features.f_max=3800", "features.hop_ms=20", "specaugment.enabled=false", "model.num_layers=2",
         "model.hidden_size=64", "model.subsampling_channels=8", "model.dropout=0.0", "optim.lr=5e-3",
-        "optim.warmup_steps=20", f"train.max_steps={steps}", "train.epochs=10000", "train.threads=1",
+        "optim.warmup_fraction=0.02", f"train.max_steps={steps}", "train.epochs=10000", "train.threads=1",
         "train.log_every=100", f"train.checkpoint_every={steps}", "train.keep_checkpoints=1"])
     return DigitsModel(train(config, out_dir / "exp", progress=False), utterances)
 
