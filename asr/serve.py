@@ -89,15 +89,16 @@ class ServeConfig:
     language: str = "english"  # what verbose_json reports: the model's language, not detected
 
     def __post_init__(self):
+        # Named as asr serve's flags: --max-queue sets max_queue.
         for name in ("max_batch_seconds", "max_wait_ms", "max_upload_mb"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.max_queue < 1:
-            raise ConfigError(f"max_queue must be at least 1, got {self.max_queue}")
+            raise ConfigError(f"--max-queue must be at least 1, got {self.max_queue}")
         if self.api_key is not None and not self.api_key:
             raise ConfigError("the API key is empty")
         if not 0 <= self.overlap_seconds < self.chunk_seconds:
-            raise ConfigError(f"need 0 <= overlap_seconds < chunk_seconds, got {self.overlap_seconds} and "
+            raise ConfigError(f"need 0 <= --overlap-seconds < --chunk-seconds, got {self.overlap_seconds} and "
                               f"{self.chunk_seconds}")
 
     @property

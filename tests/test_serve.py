@@ -453,3 +453,13 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_leaving_no_upload(dig
     finally:
         output = served.stop()
     assert f"Uvicorn running on http://127.0.0.1:{served.port}" in output  # this machine only, by default
+
+
+@pytest.mark.parametrize("flags, problem", [(["--max-queue", "0"], "--max-queue must be at least 1"),
+                                            (["--chunk-seconds", "4"], "--overlap-seconds < --chunk-seconds"),
+                                            (["--api-key", ""], "the API key is empty")])
+def test_asr_serve_refuses_bad_flags_before_loading_the_model(flags, problem, tmp_path, capsys):
+    from asr.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "never_read.pt"), *flags]) == 1
+    assert problem in capsys.readouterr().err
