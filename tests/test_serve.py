@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -50,14 +51,15 @@ class Server:
     def __init__(self, model, *flags, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile("w+")  # a pipe nobody reads could fill and stall the server
         self.process = subprocess.Popen(
             [sys.executable, "-m", "asr", "serve", "--model", str(model), "--port", str(self.port), "--threads", "1",
-             *map(str, flags)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+             *map(str, flags)], stdout=self.log, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})}, cwd=REPO)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"asr serve exited with {self.process.returncode}:\n{self.process.stdout.read()}")
+                raise AssertionError(f"asr serve exited with {self.process.returncode}:\n{self.output()}")
             try:
                 urllib.request.urlopen(self.url + "/healthz", timeout=1).read()
                 return
@@ -76,7 +78,12 @@ class Server:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        return self.process.stdout.read()
+                self.process.wait()
+        return self.output()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
 
 @pytest.fixture(scope="module")

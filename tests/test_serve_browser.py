@@ -23,7 +23,9 @@ pytest_plugins = ["digits_model"]
 CAPTURE_RATE = 48000  # what Chromium's audio capture runs at
 
 
-def _browser_paths():
+@pytest.fixture(scope="module")
+def browser_paths():
+    """Chromium and chromedriver, checked before anything else is set up: a skip costs nothing."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if chromium and driver:
@@ -57,8 +59,8 @@ def spoken(digits_model):
 
 
 @pytest.fixture(scope="module")
-def browser(digits_model, spoken, tmp_path_factory):
-    chromium, driver_path = _browser_paths()
+def browser(browser_paths, digits_model, spoken, tmp_path_factory):
+    chromium, driver_path = browser_paths
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
