@@ -65,6 +65,10 @@ KNOWN_FIELDS = ("file", "model", "response_format", "timestamp_granularities[]",
                 "stream", *IGNORED_FIELDS)
 # The request body may exceed --max-upload-mb by this much: the other form fields and the multipart boundaries.
 FORM_OVERHEAD_BYTES = 64 * 1024
+# A body refused as too large is still read, and thrown away, up to this much beyond the limit: a client that is
+# still sending when the 413 comes would otherwise find the connection closed and never see the answer. A body
+# declared larger than that is answered at once, and the connection closed.
+REFUSED_BODY_DRAIN_BYTES = 32 * 2**20
 # Paths that need the API key when one is set; the page and /healthz do not (a load balancer probes /healthz).
 PROTECTED_PREFIXES = ("/v1/", "/metrics")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -450,6 +454,18 @@ class _BodyTooLarge(Exception):
     reads the body turns it into a 413 (raised through Starlette, it would become a 500)."""
 
 
+async def _drain(receive, limit: int) -> None:
+    """Read and discard the rest of a refused body, up to `limit` bytes in all (REFUSED_BODY_DRAIN_BYTES)."""
+    received = 0
+    while received <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the client left
+        received += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 def _too_large(config: ServeConfig) -> RequestError:
     # Connection: close, since the rest of the body is not read.
     return RequestError(413, f"the request is larger than the server's limit of {config.max_upload_mb:g} MiB "
@@ -458,8 +474,8 @@ def _too_large(config: ServeConfig) -> RequestError:
 
 class _Gate:
     """Plain ASGI middleware in front of everything: counts each request by endpoint and status, answers 401 when
-    the API key is missing or wrong and 413 when the body exceeds the limit, both before the body is read (a body
-    without Content-Length is counted as it arrives)."""
+    the API key is missing or wrong and 413 when the declared body exceeds the limit, both before any of the body
+    is parsed or stored (a body without Content-Length is counted as it arrives)."""
 
     def __init__(self, app, config: ServeConfig, metrics: Metrics):
         self.app, self.config, self.metrics = app, config, metrics
@@ -482,6 +498,9 @@ class _Gate:
         try:
             refusal = self._refusal(scope["path"], scope["method"], headers)
             if refusal is not None:
+                length = headers.get("content-length", "")
+                if length.isdigit() and int(length) <= self.config.max_body_bytes + REFUSED_BODY_DRAIN_BYTES:
+                    await _drain(receive, int(length))
                 await refusal(scope, receive, send_and_note)
                 return
             await self.app(scope, self._limited(receive), send_and_note)
@@ -506,15 +525,18 @@ class _Gate:
         return None
 
     def _limited(self, receive):
+        """`receive`, raising _BodyTooLarge once when the body passes the limit; after that, the route reads the
+        rest through it (`_drain`) to throw it away."""
         received = 0
-        limit = self.config.max_body_bytes
+        raised = False
 
         async def receive_within_limit():
-            nonlocal received
+            nonlocal received, raised
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > self.config.max_body_bytes and not raised:
+                    raised = True
                     raise _BodyTooLarge
             return message
         return receive_within_limit
@@ -578,6 +600,7 @@ class Server:
                 transcript = await self._transcribe(parsed.upload)
                 return transcription_response(transcript, parsed, self.config.language)
         except _BodyTooLarge:
+            await _drain(request.receive, REFUSED_BODY_DRAIN_BYTES)
             return _too_large(self.config).response()
         except HTTPException as error:  # Starlette's answer to a multipart body it cannot parse
             return error_response(error.status_code, f"malformed multipart body: {error.detail}", "file",

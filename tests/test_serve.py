@@ -330,7 +330,7 @@ def test_a_failing_batch_is_decoded_again_one_by_one_so_only_the_bad_recording_f
     assert "1-D waveform" in str(futures[2].exception())
 
 
-def test_an_upload_over_the_limit_gets_413_before_it_is_read(server, tmp_path):
+def test_an_upload_over_the_limit_gets_413(server, tmp_path):
     big = tmp_path / "big.wav"
     soundfile.write(big, np.zeros(3 * 2**20 // 2, np.int16), SAMPLE_RATE, subtype="PCM_16")  # 3 MiB > 2 MiB
     assert_openai_error(transcribe_post(server, big), 413, "file", "file_too_large", "2 MiB", "--max-upload-mb")
