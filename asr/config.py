@@ -1,7 +1,7 @@
 """Experiment configuration: YAML files loaded into dataclasses, any key overridable from the command line.
 
-A recipe's `conf/train.yaml` has one section a dataclass (`data`, `tokenizer`, `features`, `specaugment`, `model`,
-`optim`, `train`). `asr train --config C.yaml model.num_layers=3 optim.lr=2e-3` overrides single keys; values are
+A recipe's `conf/train.yaml` has one section a dataclass (`data`, `tokenizer`, `features`, `specaugment`, `augment`,
+`model`, `optim`, `train`). `asr train --config C.yaml model.num_layers=3 optim.lr=2e-3` overrides single keys; values are
 parsed as YAML, so `train.speed_factors=[0.9,1.0,1.1]` works. Unknown keys are errors, not silently ignored: a typo in
 a config must never train the wrong model for a day.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from asr.augment import AugmentConfig
 from asr.errors import ConfigError
 from asr.features import FeatureConfig, SpecAugmentConfig
 from asr.model import ModelConfig
@@ -92,6 +93,7 @@ class ExperimentConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # waveform effects on training audio
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -162,7 +162,7 @@ def usable_utterances(utterances, tokenizer, config: ExperimentConfig, skips: Sk
             skips.add(utt.id, f"characters the tokenizer lacks: {''.join(sorted(unknown))!r}")
             continue
         tokens = tokenizer.encode(utt.text)
-        if not tokens:
+        if not tokens and utt.text.strip():  # an empty transcript is an utterance of no word: CTC's all-blank path
             skips.add(utt.id, "transcript has no usable characters")
             continue
         # CTC needs a frame per token, plus a blank between repeated tokens.
@@ -275,7 +275,7 @@ class Trainer:
         # Batches: every rank computes the same global batches, one an optimizer step, and takes its share of each.
         self.dataset = SpeechDataset(self.train_utts, self.tokenizer, speed_factors=tuple(config.data.speed_factors),
                                      seed=config.train.seed, sample_rate=config.features.sample_rate,
-                                     speaker_cmvn=self.speaker_cmvn)
+                                     speaker_cmvn=self.speaker_cmvn, augment=config.augment)
         self.sampler = DurationBucketSampler([u.duration for u in self.train_utts], config.data.max_seconds,
                                              seed=config.train.seed, shuffle=True, rank=distributed.rank(),
                                              world_size=self.world_size, sortagrad=config.data.sortagrad,

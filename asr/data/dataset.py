@@ -15,6 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from asr.audio import SAMPLE_RATE, load_audio
+from asr.augment import AugmentConfig, Augmenter
 from asr.data.manifest import Utterance
 from asr.errors import AsrError, ConfigError
 from asr.features import PCM16_SCALE, SpeakerCmvn, speed_perturb
@@ -31,10 +32,14 @@ class SpeechDataset(torch.utils.data.Dataset):
     same in every run and in every DataLoader worker, different from epoch to epoch. `set_epoch` must be called
     before each epoch's DataLoader iterator is created (the workers copy the dataset then, so persistent workers
     would keep the first epoch's draw).
+
+    With an `augment` config that enables any effect (asr.augment), each utterance then goes through them, drawn
+    from (seed, epoch, index) as well; babble noise mixes other utterances of the dataset.
     """
 
     def __init__(self, utterances: Sequence[Utterance], tokenizer: Tokenizer, speed_factors: Sequence[float] = (1.0,),
-                 seed: int = 0, sample_rate: int = SAMPLE_RATE, speaker_cmvn: SpeakerCmvn | None = None):
+                 seed: int = 0, sample_rate: int = SAMPLE_RATE, speaker_cmvn: SpeakerCmvn | None = None,
+                 augment: AugmentConfig | None = None):
         if not speed_factors or min(speed_factors) <= 0:
             raise ConfigError(f"speed factors must be positive numbers, got {list(speed_factors)}")
         self.utterances = utterances
@@ -44,6 +49,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.sample_rate = sample_rate
         self.epoch = 0
         self.speaker_cmvn = speaker_cmvn
+        self.augment = Augmenter(augment, sample_rate, self._babble_voice) if augment and augment.enabled else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -68,11 +74,21 @@ class SpeechDataset(torch.utils.data.Dataset):
         factor = self.speed_factor(index)
         if factor != 1.0:
             audio = speed_perturb(audio, factor, self.sample_rate)
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index, 1))  # not the speed factor's draw
+            audio = torch.from_numpy(self.augment(audio.numpy(), rng))
         item = {"id": utterance.id, "audio": audio, "tokens": torch.tensor(tokens, dtype=torch.long),
                 "text": normalize_text(utterance.text)}
         if self.speaker_cmvn is not None:
             item["speaker_cmvn"] = self.speaker_cmvn.rows(utterance.speaker)
         return item
+
+    def _babble_voice(self, rng: np.random.Generator) -> np.ndarray:
+        """Another utterance's audio, drawn by `rng`; silence where it cannot be read."""
+        try:
+            return load_audio(self.utterances[rng.integers(len(self.utterances))].audio, self.sample_rate).numpy()
+        except AsrError:
+            return np.zeros(0)
 
 
 @dataclass

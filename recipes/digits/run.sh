@@ -2,7 +2,7 @@
 # The digits recipe: connected-digit recognition on real speech (the Free Spoken Digit Dataset), on CPU, in minutes.
 #
 #   bash recipes/digits/run.sh [--fsdd DIR] [--stage N] [--stop-stage M] [--exp NAME] [--procs N] [--work-dir DIR]
-#                              [section.key=value ...]
+#                              [--synth-count N] [section.key=value ...]
 #
 # Stages: 0 data (connected-digit utterances from FSDD), 1 CMVN statistics, 2 train, 3 decode + score (greedy,
 # and beam search with a digit lexicon).
@@ -14,6 +14,9 @@
 # On 2 cores two processes train 1.75 times the audio a second of one (recipes/digits/README.md); each takes its
 # share of every step's data.max_seconds, so that the training is the same with one process, only slower.
 # --work-dir DIR: where data/ and exp/ go (default: this recipe's folder).
+# --synth-count N: N utterances in each synthesized set instead of each set's own number (tests use a few).
+# Stage 0 needs espeak-ng, sox and Asterisk's prompts (apt-get install espeak-ng sox asterisk-core-sounds-en-wav)
+# and Piper (pip install -e '.[dev]', as make does).
 set -euo pipefail
 # One block, read whole before it runs: editing this file while it trains cannot change what the run does next.
 {
@@ -28,6 +31,7 @@ fsdd="${FSDD_DIR:-}"
 exp=exp/digits
 config="$recipe_dir/conf/train.yaml"
 procs=$(( $(nproc) >= 2 ? 2 : 1 ))
+synth_count=()
 overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,7 +42,8 @@ while [ $# -gt 0 ]; do
     --config) config=$(realpath -m "$2"); shift 2 ;;
     --procs) procs="$2"; shift 2 ;;
     --work-dir) work_dir=$(realpath -m "$2"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --synth-count) synth_count=(--count "$2"); shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -60,11 +65,19 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
     fsdd=data/download
   fi
   asr prepare digits --fsdd "$fsdd" --out data
+  python -c 'import sys; from asr.data.digits import single_digit_manifests; single_digit_manifests(*sys.argv[1:])' \
+    "$fsdd" data
+  # Voices FSDD lacks (espeak-ng, Piper, Asterisk's Allison) and non-speech with empty transcripts, synthesized once
+  # and cached (a stamp); judge/ holds the non-speech files and laptop-style recordings that only judge the model.
+  python -m asr.data.synth --out data/synth --judge data/judge "${synth_count[@]}"
+  python -c 'import sys; from asr.data.manifest import read_manifest as r, write_manifest as w
+w(sys.argv[1], [u for path in sys.argv[2:] for u in r(path)])' data/train_all.jsonl data/train.jsonl \
+    data/synth/espeak_train.jsonl data/synth/piper_train.jsonl data/synth/nonspeech_train.jsonl
 fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   say "stage 1: global CMVN statistics"
-  asr features --manifest data/train.jsonl --cmvn-out data/cmvn.json --config "$config" --max-utterances 500 \
+  asr features --manifest data/train_all.jsonl --cmvn-out data/cmvn.json --config "$config" --max-utterances 500 \
     "${overrides[@]}"
 fi
 
@@ -76,7 +89,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   # One thread a process (train.threads); set here too, or torchrun warns that it chose it.
   [ "$procs" -gt 1 ] && launcher=(env OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node "$procs" -m asr)
   "${launcher[@]}" train --config "$config" --out "$exp" "${resume[@]}" \
-    data.train=data/train.jsonl data.dev=data/dev.jsonl data.cmvn=data/cmvn.json "${overrides[@]}"
+    data.train=data/train_all.jsonl data.dev=data/dev.jsonl data.cmvn=data/cmvn.json "${overrides[@]}"
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
