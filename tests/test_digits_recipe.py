@@ -26,14 +26,18 @@ def run_recipe(work_dir: Path, *args: str, script: str = "run.sh") -> subprocess
 
 @pytest.mark.slow
 def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
-    result = run_recipe(tmp_path, "--fsdd", str(fsdd_dir), "--procs", "2", "train.max_minutes=0.1",
+    result = run_recipe(tmp_path, "--fsdd", str(fsdd_dir), "--procs", "2", "--synth-count", "2", "train.max_steps=6",
                         "model.num_layers=1", "model.hidden_size=32")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in range(4):
         assert f"=== stage {stage}:" in result.stdout
     assert "stage 2: train (2 process(es))" in result.stdout
     log = (tmp_path / "exp" / "digits" / "train.log").read_text()
-    assert "2 process(es)" in log and "10.0 min" not in log
+    assert "2 process(es)" in log
+    # Training heard FSDD, the synthesized voices and non-speech (empty transcripts kept, not skipped).
+    train_all = [json.loads(line) for line in (tmp_path / "data" / "train_all.jsonl").open()]
+    assert len(train_all) == 3000 + 3 * 2 and sum(row["text"] == "" for row in train_all) == 2
+    assert "transcript has no usable characters" not in log
     model = read_plain_data(tmp_path / "exp" / "digits" / "model.pt")
     assert model["metadata"]["asr_config"]["model"]["hidden_size"] == 32  # the overrides reached the trainer
     # Greedy, then the digit lexicon: a WER line for dev and for test each time.

@@ -1,0 +1,92 @@
+"""The synthesized voices and non-speech of the digits recipe (asr.data.synth): held-out voices are never training
+voices, the sets are reproducible and cached, non-speech has empty transcripts that the trainer keeps, and the
+judging files come in the formats a user has."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.config import load_config
+from asr.data import synth
+from asr.data.manifest import read_manifest
+from asr.text import CharTokenizer
+from asr.train import SkipLog, usable_utterances
+
+
+def test_held_out_espeak_voices_share_no_accent_and_no_variant_with_training():
+    (train_accents, train_variants), (held_accents, held_variants) = synth.ESPEAK_TRAIN, synth.ESPEAK_HELD_OUT
+    assert not set(train_accents) & set(held_accents)
+    assert not set(train_variants) & set(held_variants)
+    low, high = synth.PIPER_TRAIN_LENGTH
+    assert all(b <= low or a >= high for a, b in synth.PIPER_HELD_OUT_LENGTH)
+
+
+@pytest.mark.parametrize("name", ["espeak_train", "espeak_heldout", "nonspeech_train"])
+def test_a_set_is_the_same_bytes_from_the_same_seed_and_its_voices_come_from_its_side(tmp_path, name):
+    synth.build_set(tmp_path / "a", name, 4, seed=3, progress=False)
+    synth.build_set(tmp_path / "b", name, 4, seed=3, progress=False)
+    first, second = read_manifest(tmp_path / "a" / f"{name}.jsonl"), read_manifest(tmp_path / "b" / f"{name}.jsonl")
+    for one, other in zip(first, second):
+        assert open(one.audio, "rb").read() == open(other.audio, "rb").read()
+        wave, rate = sf.read(one.audio)
+        assert rate == 16000 and len(wave) / rate == pytest.approx(one.duration)
+    if name == "nonspeech_train":
+        assert all(u.text == "" and u.speaker.split(":")[1] in synth.NONSPEECH_KINDS for u in first)
+        return
+    accents, variants = synth.ESPEAK_HELD_OUT if name == "espeak_heldout" else synth.ESPEAK_TRAIN
+    for utterance in first:
+        voice = utterance.speaker.removeprefix("espeak:")
+        accent, _, variant = voice.partition("+")
+        assert accent in accents and variant in variants
+        assert 1 <= len(utterance.text.split()) <= 7
+        assert set(utterance.text.split()) <= set(synth.DIGIT_WORDS)
+        wave, _ = sf.read(utterance.audio)
+        assert np.abs(wave).max() > 0.02  # speech, not an empty rendering
+
+
+def test_a_finished_build_is_not_redone(tmp_path, monkeypatch):
+    counts = {"nonspeech_train": 2}
+    synth.build_all(tmp_path, counts, progress=False)
+    stamp = json.loads((tmp_path / synth.STAMP_NAME).read_text())
+    assert stamp == {"seed": 0, "counts": counts}
+    monkeypatch.setattr(synth, "build_set", lambda *args, **kwargs: pytest.fail("rebuilt a finished set"))
+    synth.build_all(tmp_path, counts, progress=False)
+
+
+def test_empty_transcripts_are_kept_for_training_and_punctuation_only_ones_are_not(tmp_path):
+    synth.build_set(tmp_path, "nonspeech_train", 3, progress=False)
+    utterances = read_manifest(tmp_path / "nonspeech_train.jsonl")
+    utterances[2].text = "?!"
+    skips = SkipLog()
+    kept = usable_utterances(utterances, CharTokenizer(), load_config(None), skips)
+    assert [u.id for u in kept] == [u.id for u in utterances[:2]]
+
+
+@pytest.mark.parametrize("kind", synth.NONSPEECH_KINDS)
+def test_non_speech_stays_within_full_scale(kind):
+    wave = synth.nonspeech_wave(kind, 1.0, np.random.default_rng(0))
+    assert len(wave) == 16000 and np.abs(wave).max() <= 1.0
+
+
+def test_the_judging_files_come_in_the_formats_users_have(tmp_path):
+    paths = {path.name: path for path in synth.write_nonspeech_tests(tmp_path)}
+    info = sf.info(str(paths["noise_8ch_96k.wav"]))
+    assert (info.channels, info.samplerate) == (8, 96000)
+    silence, _ = sf.read(str(paths["silence_3s_16k.wav"]))
+    assert len(silence) == 48000 and not silence.any()
+    burst, _ = sf.read(str(paths["clipped_burst_44k.wav"]))
+    assert np.mean(np.abs(burst) >= 0.999) > 0.05  # clipped
+    assert sf.info(str(paths["music_44k_stereo.wav"])).channels == 2
+
+
+@pytest.mark.slow
+def test_laptop_recordings_are_44k_stereo_reverberant_and_noisy(tmp_path):
+    manifest = synth.write_laptop_tests(tmp_path, count=1)
+    (utterance,) = read_manifest(manifest)
+    info = sf.info(utterance.audio)
+    assert (info.samplerate, info.channels) == (44100, 2)
+    wave, _ = sf.read(utterance.audio)
+    assert not np.allclose(wave[:, 0], wave[:, 1])  # room noise differs between the microphones
+    quietest = np.sort(np.convolve(wave[:, 0] ** 2, np.ones(441) / 441, "valid"))[:4410].mean()
+    assert quietest > 1e-7  # never digital silence: the room is always there
