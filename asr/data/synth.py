@@ -350,8 +350,11 @@ def write_laptop_tests(out_dir, count: int = 6, seed: int = 2) -> Path:
         sf.write(str(clean), resample(spoken.audio, SAMPLE_RATE, 44100), 44100, subtype="PCM_16")
         wet = wav_dir / f"wet-{index}.wav"
         reverberance, room_scale = int(rng.integers(30, 80)), int(rng.integers(40, 100))
-        subprocess.run(["sox", str(clean), "-c", "2", str(wet), "reverb", str(reverberance), "50", str(room_scale),
-                        "100", "10", "-3"], check=True)
+        try:
+            subprocess.run(["sox", str(clean), "-c", "2", str(wet), "reverb", str(reverberance), "50",
+                            str(room_scale), "100", "10", "-3"], check=True, capture_output=True)
+        except FileNotFoundError:
+            raise AsrError("sox is not installed (apt-get install sox)") from None
         wave, _ = sf.read(str(wet))
         n = len(wave)
         room = coloured_noise("brown", n, rng) + 0.5 * coloured_noise("pink", n, rng) + 0.1 * hum(n, 44100, rng)
