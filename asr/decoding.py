@@ -99,8 +99,13 @@ def _token_spans(frame_labels: Sequence[int], frame_posteriors: Sequence[float],
     return spans
 
 
-def _words(spans: Iterable[_TokenSpan], tokenizer, frame_shift: float) -> list[Word]:
-    """Group token spans into words (at `|` for characters, at `▁` for word pieces) with times and confidences."""
+def _words(spans: Iterable[_TokenSpan], tokenizer, frame_shift: float,
+           word_span: Sequence[float] | None = None) -> list[Word]:
+    """Group token spans into words (at `|` for characters, at `▁` for word pieces) with times and confidences.
+
+    A word's time is that of the frames where its tokens fire. With `word_span` (onset, end), seconds measured from
+    a word's first firing frame to where its speech starts and ends (a model's own latency, `calibrate_word_span`),
+    the word spans [first frame + onset, last frame + end] instead, never before 0."""
     groups: list[list[_TokenSpan]] = []
     starts_word = True
     for span in spans:
@@ -115,10 +120,12 @@ def _words(spans: Iterable[_TokenSpan], tokenizer, frame_shift: float) -> list[W
     words = []
     for group in groups:
         text = tokenizer.decode([span.token for span in group]).strip()
-        if text:  # a lone "▁" piece spells nothing
-            words.append(Word(text, round(group[0].first_frame * frame_shift, 3),
-                              round((group[-1].last_frame + 1) * frame_shift, 3),
-                              min(span.confidence for span in group)))
+        if not text:  # a lone "▁" piece spells nothing
+            continue
+        start, end = group[0].first_frame * frame_shift, (group[-1].last_frame + 1) * frame_shift
+        if word_span is not None:
+            start, end = max(0.0, start + word_span[0]), max(0.0, group[-1].last_frame * frame_shift + word_span[1])
+        words.append(Word(text, round(start, 3), round(end, 3), min(span.confidence for span in group)))
     return words
 
 
@@ -129,10 +136,12 @@ def _hypothesis(tokens: list[int], words: list[Word], score: float | None) -> Hy
 class GreedyDecoder:
     """Best-path decoding: the most probable token of each frame, repeats merged, blanks dropped."""
 
-    def __init__(self, tokenizer, frame_shift: float = 0.04):
+    def __init__(self, tokenizer, frame_shift: float = 0.04, word_span: Sequence[float] | None = None):
+        """`word_span`: see `_words`; a model file holds its own under metadata["word_span"]."""
         _check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self.frame_shift = frame_shift
+        self.word_span = word_span
 
     def decode(self, log_probs: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray) -> list[Hypothesis]:
         """(B, T, V) log-probabilities and (B,) lengths, tensors or numpy arrays → one Hypothesis an utterance, its
@@ -145,7 +154,7 @@ class GreedyDecoder:
             spans = _token_spans(best_labels[utterance, :length].tolist(), np.exp(path_log_probs).tolist(),
                                  self.tokenizer.blank_id)
             hypotheses.append(_hypothesis([span.token for span in spans],
-                                          _words(spans, self.tokenizer, self.frame_shift),
+                                          _words(spans, self.tokenizer, self.frame_shift, self.word_span),
                                           float(path_log_probs.sum())))
         return hypotheses
 

@@ -109,8 +109,9 @@ def _duration(path: Path) -> float:
 
 
 def default_decoder(recognizer) -> GreedyDecoder:
-    """Greedy CTC decoding with the recognizer's tokenizer and frame shift."""
-    return GreedyDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift)
+    """Greedy CTC decoding with the recognizer's tokenizer, frame shift and calibrated word spans, if any."""
+    return GreedyDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift,
+                         word_span=getattr(recognizer, "metadata", {}).get("word_span"))
 
 
 def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, decoder=None,

@@ -29,7 +29,7 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
     result = run_recipe(tmp_path, "--fsdd", str(fsdd_dir), "--procs", "2", "--synth-count", "2", "train.max_steps=6",
                         "model.num_layers=1", "model.hidden_size=32")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in range(4):
+    for stage in range(5):
         assert f"=== stage {stage}:" in result.stdout
     assert "stage 2: train (2 process(es))" in result.stdout
     log = (tmp_path / "exp" / "digits" / "train.log").read_text()
@@ -41,9 +41,14 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
     model = read_plain_data(tmp_path / "exp" / "digits" / "model.pt")
     assert model["metadata"]["asr_config"]["model"]["hidden_size"] == 32  # the overrides reached the trainer
     # Greedy, then the digit lexicon: a WER line for dev and for test each time.
-    wer_lines = re.findall(r"^data/(dev|test)\.jsonl: WER (\d+\.\d+)%", result.stdout, re.MULTILINE)
-    assert [split for split, _ in wer_lines] == ["dev", "test", "dev", "test"]
+    wer_lines = re.findall(r"^data/(\S+)\.jsonl: WER (\d+\.\d+)%", result.stdout, re.MULTILINE)
+    assert [split for split, _ in wer_lines] == [
+        "dev", "test", "official_test", "synth/espeak_heldout", "synth/piper_heldout", "synth/asterisk",
+        "judge/laptop", "dev", "test"]
     assert all(0 <= float(wer) <= 100 for _, wer in wer_lines)
+    assert "=== stage 4:" in result.stdout and "words at confidence ≥ 0.9" in result.stdout
+    judged = json.loads((tmp_path / "exp" / "digits" / "judge" / "judge.json").read_text())
+    assert len(judged["nonspeech"]) == 7 and len(judged["sets"]) == 7
 
     # Leaving training speakers out, in the same work directory: lucas is scored, nicolas is not heard at all, the
     # other three train.

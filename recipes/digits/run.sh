@@ -4,10 +4,11 @@
 #   bash recipes/digits/run.sh [--fsdd DIR] [--stage N] [--stop-stage M] [--exp NAME] [--procs N] [--work-dir DIR]
 #                              [--synth-count N] [section.key=value ...]
 #
-# Stages: 0 data (connected-digit utterances from FSDD), 1 CMVN statistics, 2 train, 3 decode + score (greedy,
-# and beam search with a digit lexicon).
-# Splits: train = takes 5-49 of five speakers; dev = takes 0-4 of those speakers (FSDD's official test split), used
-# for every choice; test = speaker theo, held out entirely, reported and never used for a decision.
+# Stages: 0 data (connected-digit utterances from FSDD; synthesized voices and non-speech), 1 CMVN statistics,
+# 2 train, 3 decode + score (greedy, and beam search with a digit lexicon), 4 each file alone (local/judge.py).
+# Splits: train = takes 5-49 of five FSDD speakers, espeak-ng and Piper voices, non-speech; dev = takes 0-4 of those
+# speakers (FSDD's official test split), used to choose checkpoints; test = speaker theo, held out entirely; the held-out
+# espeak-ng voices choose settings; Piper at unheard rates, Asterisk's Allison and laptop-style files are reported.
 # FSDD is looked for in --fsdd, then $FSDD_DIR, then ../shared/data/fsdd beside the repository; when none is found,
 # the public v1.0.10 release is downloaded and its content verified.
 # --procs N: training processes of one torch thread each, under torchrun (default 2 where the machine has 2 cores).
@@ -26,7 +27,7 @@ repo_dir=$(cd "$recipe_dir/../.." && pwd)
 work_dir="$recipe_dir"
 
 stage=0
-stop_stage=3
+stop_stage=4
 fsdd="${FSDD_DIR:-}"
 exp=exp/digits
 config="$recipe_dir/conf/train.yaml"
@@ -93,9 +94,11 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  say "stage 3: decode and score (dev = FSDD's official test split; test = held-out speaker theo)"
+  say "stage 3: decode and score (dev: FSDD's official test takes, connected; the rest: voices never trained on)"
   echo "greedy decoding:"
-  asr evaluate --model "$exp/model.pt" --manifest data/dev.jsonl data/test.jsonl --out "$exp/decode_greedy"
+  asr evaluate --model "$exp/model.pt" --out "$exp/decode_greedy" --manifest data/dev.jsonl data/test.jsonl \
+    data/official_test.jsonl data/synth/espeak_heldout.jsonl data/synth/piper_heldout.jsonl data/synth/asterisk.jsonl \
+    data/judge/laptop.jsonl
   # A digit grammar, as the classic connected-digit systems use: a bigram LM over the training transcripts, whose
   # lexicon lets the beam search write only the ten digit words (no "SEVE" or "FINE").
   python -c 'import json, sys; [print(json.loads(line)["text"]) for line in open(sys.argv[1])]' data/train.jsonl \
@@ -104,6 +107,11 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   echo "beam search with the digit lexicon and bigram:"
   asr evaluate --model "$exp/model.pt" --manifest data/dev.jsonl data/test.jsonl --out "$exp/decode_lexicon" \
     --lm "$exp/digits_bigram.arpa"
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  say "stage 4: each file alone: non-speech, confidences, word times"
+  python "$recipe_dir/local/judge.py" --model "$exp/model.pt" --data data --out "$exp/judge"
 fi
 exit
 }
