@@ -111,7 +111,8 @@ fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   say "stage 4: each file alone: non-speech, confidences, word times"
-  python "$recipe_dir/local/judge.py" --model "$exp/model.pt" --data data --out "$exp/judge"
+  # --calibrate: the model's word latency, measured on dev, goes into model.pt, where greedy decoding finds it.
+  python "$recipe_dir/local/judge.py" --model "$exp/model.pt" --data data --out "$exp/judge" --calibrate
 fi
 exit
 }
