@@ -194,12 +194,13 @@ def _decoder(args, recognizer):
 
     Beam search runs on torch tensors (flashlight through torchaudio, forced alignment for word times): with an ONNX
     model it works too, and imports torch; greedy decoding does not."""
-    from asr.decoding import BeamSearchDecoder, GreedyDecoder
+    from asr.decoding import BeamSearchDecoder
+    from asr.transcribe import default_decoder
 
     if args.decoder == "greedy" and (args.lm or args.lexicon):
         raise AsrError("--lm and --lexicon need the beam-search decoder (--decoder beam)")
     if args.decoder == "greedy" or (args.decoder is None and not (args.lm or args.lexicon)):
-        return GreedyDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift)
+        return default_decoder(recognizer)  # greedy, with the model file's calibrated word spans if it has them
     given = {name: getattr(args, name) for name in ("beam_size", "beam_threshold", "lm", "lexicon", "lm_weight",
                                                      "word_score") if getattr(args, name) is not None}
     return BeamSearchDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift, **given)

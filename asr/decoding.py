@@ -105,7 +105,7 @@ def _words(spans: Iterable[_TokenSpan], tokenizer, frame_shift: float,
 
     A word's time is that of the frames where its tokens fire. With `word_span` (onset, end), seconds measured from
     a word's first firing frame to where its speech starts and ends (a model's own latency, `calibrate_word_span`),
-    the word spans [first frame + onset, last frame + end] instead, never before 0."""
+    the word spans [first frame + onset, last frame + end] instead, never before 0 nor past the next word's start."""
     groups: list[list[_TokenSpan]] = []
     starts_word = True
     for span in spans:
@@ -126,6 +126,9 @@ def _words(spans: Iterable[_TokenSpan], tokenizer, frame_shift: float,
         if word_span is not None:
             start, end = max(0.0, start + word_span[0]), max(0.0, group[-1].last_frame * frame_shift + word_span[1])
         words.append(Word(text, round(start, 3), round(end, 3), min(span.confidence for span in group)))
+    if word_span is not None:  # one voice says one word at a time: a span ends where the next begins
+        for word, following in zip(words, words[1:]):
+            word.end = max(word.start, min(word.end, following.start))
     return words
 
 

@@ -51,6 +51,8 @@ def test_a_measured_latency_moves_each_word_onto_its_speech_and_never_before_zer
     decoder = GreedyDecoder(tokenizer, FRAME, word_span=(0.2, 0.55))
     (hypothesis,) = decoder.decode(spikes(tokenizer, 20, {0: "SIX", 9: "TWO"}), torch.tensor([20]))
     assert [(w.word, w.start, w.end) for w in hypothesis.words] == [("SIX", 0.2, 0.55), ("TWO", 0.92, 1.27)]
+    (close,) = decoder.decode(spikes(tokenizer, 20, {0: "SIX", 3: "TWO"}), torch.tensor([20]))
+    assert [(w.start, w.end) for w in close.words] == [(0.2, 0.44), (0.44, 0.79)]  # SIX ends where TWO starts
     early = GreedyDecoder(tokenizer, FRAME, word_span=(-0.3, 0.1))
     (hypothesis,) = early.decode(spikes(tokenizer, 20, {1: "SIX"}), torch.tensor([20]))
     assert (hypothesis.words[0].start, hypothesis.words[0].end) == (0.0, pytest.approx(0.18))
