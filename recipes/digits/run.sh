@@ -6,9 +6,10 @@
 #
 # Stages: 0 data (connected-digit utterances from FSDD; synthesized voices and non-speech), 1 CMVN statistics,
 # 2 train, 3 decode + score (greedy, and beam search with a digit lexicon), 4 each file alone (local/judge.py).
-# Splits: train = takes 5-49 of five FSDD speakers, espeak-ng and Piper voices, non-speech; dev = takes 0-4 of those
-# speakers (FSDD's official test split), used to choose checkpoints; test = speaker theo, held out entirely; the held-out
-# espeak-ng voices choose settings; Piper at unheard rates, Asterisk's Allison and laptop-style files are reported.
+# Splits: train = takes 5-49 of five FSDD speakers, espeak-ng and Piper voices, non-speech; dev = takes 0-4 of
+# those speakers (FSDD's official test split), used to choose checkpoints; test = speaker theo, held out entirely;
+# the held-out espeak-ng voices choose settings; Piper at unheard rates, Asterisk's Allison and laptop-style files
+# are reported.
 # FSDD is looked for in --fsdd, then $FSDD_DIR, then ../shared/data/fsdd beside the repository; when none is found,
 # the public v1.0.10 release is downloaded and its content verified.
 # --procs N: training processes of one torch thread each, under torchrun (default 2 where the machine has 2 cores).
