@@ -104,8 +104,9 @@ def _words(spans: Iterable[_TokenSpan], tokenizer, frame_shift: float,
     """Group token spans into words (at `|` for characters, at `▁` for word pieces) with times and confidences.
 
     A word's time is that of the frames where its tokens fire. With `word_span` (onset, end), seconds measured from
-    a word's first firing frame to where its speech starts and ends (a model's own latency: recipes/digits/local/judge.py --calibrate),
-    the word spans [first frame + onset, last frame + end] instead, never before 0 nor past the next word's start."""
+    a word's first firing frame to where its speech starts and ends (a model's own latency, as
+    recipes/digits/local/judge.py --calibrate measures it), the word spans [first frame + onset, last frame + end]
+    instead, never before 0 nor past the next word's start."""
     groups: list[list[_TokenSpan]] = []
     starts_word = True
     for span in spans:
