@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
+	bash tools/system_deps.sh demo
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/digits/run.sh
 
 test: $(STAMP)
