@@ -6,6 +6,7 @@ printed as one line naming the file and the problem, without a traceback, and ex
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -333,20 +334,52 @@ def cmd_report(args) -> int:
     return 0
 
 
+SERVE_ARGS_ENV = "ASR_SERVE_ARGS"  # asr serve's flags, as JSON, for its worker processes
+
+
 def cmd_serve(args) -> int:
     try:
-        from asr.serve import ServeConfig, run_server
+        from asr.serve import run_server
     except ImportError as error:
         raise AsrError(f"asr serve needs the serve extra (pip install 'asr[serve]'): {error}") from None
 
-    config = ServeConfig(model_name=args.model_name or Path(args.model).stem, max_batch_seconds=args.max_batch_seconds,
-                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_upload_mb=args.max_upload_mb,
-                         api_key=args.api_key, cors_origins=args.cors_origin, chunk_seconds=args.chunk_seconds,
-                         overlap_seconds=args.overlap_seconds, language=args.language)
-    recognizer = _load_recognizer(args)
-    run_server(recognizer, config, args.host, args.port, model_created=int(os.path.getmtime(args.model)),
-               shutdown_timeout=args.shutdown_timeout, access_log=args.verbose)
+    if args.workers < 1:
+        raise AsrError(f"--workers must be at least 1, got {args.workers}")
+    _serve_config(args)  # bad flags are refused before any model loads
+    if args.workers == 1:
+        app = _serve_app(args)
+    else:
+        # Each worker loads the model itself; loading it here first, on the CPU, and dropping it, makes a bad model
+        # file an error of this command rather than of every worker.
+        _load_recognizer(argparse.Namespace(**{**vars(args), "device": "cpu"}))
+        os.environ[SERVE_ARGS_ENV] = json.dumps({key: value for key, value in vars(args).items() if key != "func"})
+        app = "asr.cli:serve_worker_app"
+    run_server(app, args.host, args.port, args.workers, shutdown_timeout=args.shutdown_timeout,
+               access_log=args.verbose)
     return 0
+
+
+def serve_worker_app():
+    """uvicorn's application factory for the worker processes of `asr serve --workers N`: the app of the flags the
+    parent process left in the environment (SERVE_ARGS_ENV), with its own copy of the model."""
+    return _serve_app(argparse.Namespace(**json.loads(os.environ[SERVE_ARGS_ENV])))
+
+
+def _serve_config(args):
+    from asr.serve import ServeConfig
+
+    return ServeConfig(model_name=args.model_name or Path(args.model).stem, max_batch_seconds=args.max_batch_seconds,
+                       max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_upload_mb=args.max_upload_mb,
+                       api_key=args.api_key, cors_origins=args.cors_origin, chunk_seconds=args.chunk_seconds,
+                       overlap_seconds=args.overlap_seconds, language=args.language)
+
+
+def _serve_app(args):
+    from asr.serve import Server
+
+    config = _serve_config(args)
+    server = Server(_load_recognizer(args), config, model_created=int(os.path.getmtime(args.model)))
+    return server.app()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -504,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how much consecutive windows overlap (default: 5)")
     serve.add_argument("--model-name", default=None, help="the model's id in /v1/models (default: the file's stem)")
     serve.add_argument("--language", default="english", help="the language verbose_json reports (default: english)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes sharing the port, each with its own copy of the model and its own "
+                            "batching (default: 1; on a CPU: several, with --threads 1 each; on a GPU: 1)")
     serve.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="on SIGTERM, seconds to finish the requests in flight (default: 30)")
     serve.set_defaults(func=cmd_serve)

@@ -32,7 +32,7 @@ import time
 import zlib
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from starlette.staticfiles import StaticFiles
 
 from asr.audio import SAMPLE_RATE, audio_info, load_samples
 from asr.errors import AudioError, ConfigError
+from asr.onnx_model import OnnxRecognizer
 from asr.transcribe import (AUDIO_EXTENSIONS, Transcript, format_srt, format_txt, format_vtt, subtitle_cues,
                             transcribe_file, transcribe_waveforms)
 
@@ -115,9 +116,14 @@ class ServeConfig:
 
 
 class Metrics:
-    """The server's Prometheus metrics, in a registry of its own (several servers may share a process in tests)."""
+    """The server's Prometheus metrics, in a registry of its own (several servers may share a process in tests).
 
-    def __init__(self, queue_depth):
+    With several worker processes (`asr serve --workers N`), PROMETHEUS_MULTIPROC_DIR names a folder the workers
+    share: prometheus_client then keeps each worker's values in files there, and /metrics, whichever worker answers
+    it, reports all workers' together (counters and histograms summed, the queue depth summed over live workers).
+    """
+
+    def __init__(self):
         self.registry = prometheus_client.CollectorRegistry()
         self.requests = prometheus_client.Counter(
             "asr_requests", "HTTP requests answered, by endpoint and status code", ["endpoint", "status"],
@@ -133,12 +139,31 @@ class Metrics:
         self.batch_size = prometheus_client.Histogram(
             "asr_batch_size", "recordings decoded together in one batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry)
+        # Set by the transcriber as its queue changes (a callback gauge cannot be read across processes).
         self.queue_depth = prometheus_client.Gauge(
-            "asr_queue_depth", "transcription requests waiting for the model", registry=self.registry)
-        self.queue_depth.set_function(queue_depth)
+            "asr_queue_depth", "transcription requests waiting for the model", registry=self.registry,
+            multiprocess_mode="livesum")
+
+    @staticmethod
+    def shared() -> bool:
+        """Whether the values are kept in PROMETHEUS_MULTIPROC_DIR's files, for several worker processes."""
+        return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
     def exposition(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
+        if not self.shared():
+            return prometheus_client.generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return prometheus_client.generate_latest(registry)
+
+    def process_exited(self) -> None:
+        """Drop this process's live gauges (its queue depth) from the shared folder."""
+        if self.shared():
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,6 +228,7 @@ class BatchingTranscriber:
             if len(self._queue) >= self.config.max_queue:
                 raise QueueFull(self.retry_after())
             self._queue.append(job)
+            self._note_depth()
             self._changed.notify()
         return job.future
 
@@ -258,7 +284,13 @@ class BatchingTranscriber:
                     if remaining <= 0:
                         break
                     self._changed.wait(remaining)
-            return [self._queue.popleft() for _ in range(self._batch_at_head())]
+            batch = [self._queue.popleft() for _ in range(self._batch_at_head())]
+            self._note_depth()
+            return batch
+
+    def _note_depth(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(len(self._queue))
 
     def _decode(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
@@ -440,6 +472,8 @@ def _endpoint(path: str) -> str:
     """The metrics label of a path: a route's name, never the raw path (a scanner would make labels without end)."""
     if path == "/v1/audio/transcriptions":
         return "transcriptions"
+    if path == "/v1/audio/plot":
+        return "plot"
     if path == "/v1/models" or path.startswith("/v1/models/"):
         return "models"
     if path in ("/healthz", "/metrics"):
@@ -549,10 +583,15 @@ class Server:
     def __init__(self, recognizer, config: ServeConfig, decoder=None, model_created: int | None = None):
         self.config = config
         self.model_created = model_created if model_created is not None else int(time.time())
-        self.transcriber = BatchingTranscriber(recognizer, config, decoder)
-        self.metrics = Metrics(lambda: self.transcriber.depth)
-        self.transcriber.metrics = self.metrics
+        self.recognizer = recognizer
+        self.metrics = Metrics()
+        self.transcriber = BatchingTranscriber(recognizer, config, decoder, self.metrics)
         self.upload_dir: Path | None = None
+        # The picture needs the features and posteriors the model computes, which an exported graph keeps inside.
+        self.can_plot = not isinstance(recognizer, OnnxRecognizer)
+        # Pictures are drawn on Starlette's thread pool, one at a time: matplotlib takes a CPU for a second or so,
+        # and the inference thread should keep the others.
+        self._plotting = asyncio.Semaphore(1)
 
     def app(self):
         """The ASGI application: Starlette's routes behind the gate (API key, body limit, request metrics)."""
@@ -563,6 +602,7 @@ class Server:
                                          allow_headers=["Authorization", "Content-Type"]))
         routes = [
             Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+            Route("/v1/audio/plot", self.plot, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -585,10 +625,19 @@ class Server:
             # uvicorn ends the lifespan once in-flight requests are answered (or its graceful timeout is over).
             await run_in_threadpool(self.transcriber.close)
             shutil.rmtree(self.upload_dir, ignore_errors=True)
+            self.metrics.process_exited()
 
     # -- routes
 
     async def transcriptions(self, request: Request) -> Response:
+        return await self._answer(request, plot=False)
+
+    async def plot(self, request: Request) -> Response:
+        """The picture `asr transcribe --plot` draws (asr.plot), of the recording of a transcription request's form:
+        features, CTC posteriors, and the words over the waveform, as a PNG."""
+        return await self._answer(request, plot=True)
+
+    async def _answer(self, request: Request, plot: bool) -> Response:
         try:
             if self.transcriber.full:  # refused before the upload is read: the cheapest way to shed load
                 raise _busy(self.transcriber.retry_after())
@@ -597,7 +646,13 @@ class Server:
                                         "named 'file'", "file", "invalid_content_type")
             async with request.form(max_files=1, max_fields=len(KNOWN_FIELDS) + 8) as form:
                 parsed = parse_transcription_form(form)
-                transcript = await self._transcribe(parsed.upload)
+                if plot and not self.can_plot:
+                    raise RequestError(400, "this server holds an ONNX graph, which keeps the features and "
+                                            "posteriors the picture shows inside: serve the model file it was "
+                                            "exported from to draw it", None, "plot_unavailable")
+                transcript, picture = await self._transcribe(parsed.upload, plot)
+                if plot:
+                    return Response(picture, media_type="image/png")
                 return transcription_response(transcript, parsed, self.config.language)
         except _BodyTooLarge:
             await _drain(request.receive, REFUSED_BODY_DRAIN_BYTES)
@@ -611,7 +666,8 @@ class Server:
             log.exception("transcription failed")
             return error_response(500, f"the model failed on this recording: {error}", None, "server_error")
 
-    async def _transcribe(self, upload: UploadFile) -> Transcript:
+    async def _transcribe(self, upload: UploadFile, plot: bool = False) -> tuple[Transcript, bytes | None]:
+        """The upload's transcript, and with `plot` its picture (PNG bytes)."""
         name = Path(upload.filename or "").name or "the upload"
         # The client's file name never becomes a path: only a known extension is kept, for decoders that go by it.
         suffix = Path(name).suffix.lower()
@@ -624,13 +680,30 @@ class Server:
             try:
                 duration, wave = await run_in_threadpool(self._read, path)
                 future = self.transcriber.submit(duration, wave, None if wave is not None else path)
-                return await asyncio.wrap_future(future)
+                transcript = await asyncio.wrap_future(future)
+                picture = await self._picture(transcript, name, path, wave) if plot else None
+                return transcript, picture
             except AudioError as error:
                 raise audio_request_error(name, error) from None
             except QueueFull as error:
                 raise _busy(error.retry_after) from None
         finally:
             path.unlink(missing_ok=True)
+
+    async def _picture(self, transcript: Transcript, name: str, path: Path, wave: np.ndarray | None) -> bytes:
+        """asr.plot's picture of the upload (its first asr.plot.MAX_SECONDS), titled with the client's file name."""
+        import torch
+
+        from asr.plot import plot_transcript  # matplotlib: imported with the first picture
+
+        out = path.parent / (path.name + ".png")
+        audio = torch.from_numpy(wave) if wave is not None else path
+        try:
+            async with self._plotting:
+                await run_in_threadpool(plot_transcript, self.recognizer, audio, replace(transcript, audio=name), out)
+            return out.read_bytes()
+        finally:
+            out.unlink(missing_ok=True)
 
     def _read(self, path: Path) -> tuple[float, np.ndarray | None]:
         """(duration, samples) of a recording up to a window long, (duration, None) of a longer one (it is read
@@ -656,8 +729,10 @@ class Server:
         return JSONResponse(self._model_card())
 
     async def healthz(self, request: Request) -> Response:
+        # pid: which worker process answered, with asr serve --workers.
         return JSONResponse({"status": "ok", "model": self.config.model_name, "queue": self.transcriber.depth,
-                             "api_key_required": bool(self.config.api_key)})
+                             "api_key_required": bool(self.config.api_key), "plot": self.can_plot,
+                             "pid": os.getpid()})
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.exposition(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
@@ -682,12 +757,31 @@ _PAGE_HEADERS = {
 }
 
 
-def run_server(recognizer, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, decoder=None,
-               model_created: int | None = None, shutdown_timeout: float = 30.0, access_log: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM. On either, uvicorn stops accepting connections, answers the requests in
-    flight (for at most `shutdown_timeout` seconds), then the transcriber decodes what is left and stops."""
+def run_server(app, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, shutdown_timeout: float = 30.0,
+               access_log: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM. `app`: an ASGI application (`Server.app()`), or, for `workers` > 1, the import
+    string of a function that makes one ("module:function"), which uvicorn calls in each of its worker processes:
+    each loads its own copy of the model and runs its own batching queue; the processes share the listening socket,
+    and the kernel hands each new connection to one of them.
+
+    On SIGINT or SIGTERM uvicorn stops accepting connections and answers the requests in flight (for at most
+    `shutdown_timeout` seconds), then the transcriber decodes what is left and stops; with workers, uvicorn's parent
+    process sends each worker SIGTERM and waits for them all. Their metrics are kept in a temporary folder they share
+    (PROMETHEUS_MULTIPROC_DIR, see Metrics), removed at the end."""
     import uvicorn
 
-    server = Server(recognizer, config, decoder, model_created)
-    uvicorn.run(server.app(), host=host, port=port, access_log=access_log, timeout_graceful_shutdown=shutdown_timeout,
-                server_header=False)
+    options = dict(host=host, port=port, access_log=access_log, timeout_graceful_shutdown=shutdown_timeout,
+                   server_header=False)
+    if workers == 1:
+        uvicorn.run(app, **options)
+        return
+    if not isinstance(app, str):
+        raise ConfigError("several workers need the application as an import string of a function that makes it")
+    with tempfile.TemporaryDirectory(prefix="asr-serve-metrics-") as metrics_dir:
+        # The workers are started with multiprocessing's spawn: they inherit the environment, and prometheus_client
+        # reads the variable when they import it.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            uvicorn.run(app, factory=True, workers=workers, **options)
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]

@@ -400,6 +400,48 @@ def test_cors_headers_only_for_the_origins_asked_for(onnx_server, server):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The picture
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    import io
+
+    from matplotlib.image import imread
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return imread(io.BytesIO(data), format="png")
+
+
+def test_the_plot_endpoint_answers_the_picture_asr_transcribe_plot_draws(server, digits_model, model, tmp_path):
+    from asr.plot import plot_transcript
+
+    utterance = next(u for u in digits_model.utterances if len(u.text.split()) == 3)
+    status, headers, body = post(server.url + "/v1/audio/plot", [("model", "digits")],
+                                 [("file", Path(utterance.audio).name, Path(utterance.audio).read_bytes())])
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    drawn = png_pixels(body)
+    plot_transcript(model, utterance.audio, transcribe_file(model, utterance.audio), tmp_path / "offline.png")
+    offline = png_pixels((tmp_path / "offline.png").read_bytes())
+    assert drawn.shape == offline.shape and drawn.shape[1] >= 800
+    # The same picture: the same features, posteriors and words, titled with the upload's name.
+    assert np.abs(drawn - offline).mean() < 1e-3
+
+
+def test_the_plot_endpoint_refuses_what_transcriptions_refuses_and_an_onnx_model(server, onnx_server, distinct):
+    status_body = post(server.url + "/v1/audio/plot", [("model", "digits")],
+                       [("file", "notes.txt", b"not audio at all" * 100)])
+    assert_openai_error(status_body, 400, "file", "invalid_file_format", "notes.txt")
+    assert healthz(server)["plot"] is True and healthz(onnx_server)["plot"] is False
+    status_body = post(onnx_server.url + "/v1/audio/plot", [("model", "digits")],
+                       [("file", "a.wav", Path(distinct[0].audio).read_bytes())],
+                       {"Authorization": f"Bearer {API_KEY}"})
+    assert_openai_error(status_body, 400, None, "plot_unavailable", "ONNX")
+    # Behind the API key as the other /v1/ endpoints are.
+    assert post(onnx_server.url + "/v1/audio/plot", [("model", "digits")],
+                [("file", "a.wav", Path(distinct[0].audio).read_bytes())])[0] == 401
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Load: a full queue, metrics, shutdown
 
 
@@ -463,6 +505,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_leaving_no_upload(dig
 
 
 @pytest.mark.parametrize("flags, problem", [(["--max-queue", "0"], "--max-queue must be at least 1"),
+                                            (["--workers", "0"], "--workers must be at least 1"),
                                             (["--chunk-seconds", "4"], "--overlap-seconds < --chunk-seconds"),
                                             (["--api-key", ""], "the API key is empty")])
 def test_asr_serve_refuses_bad_flags_before_loading_the_model(flags, problem, tmp_path, capsys):
@@ -470,3 +513,73 @@ def test_asr_serve_refuses_bad_flags_before_loading_the_model(flags, problem, tm
 
     assert main(["serve", "--model", str(tmp_path / "never_read.pt"), *flags]) == 1
     assert problem in capsys.readouterr().err
+
+
+def test_a_bad_model_file_with_workers_is_an_error_of_the_command_before_any_worker_starts(tmp_path, capsys):
+    from asr.cli import main
+
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a model")
+    assert main(["serve", "--model", str(bad), "--workers", "2", "--port", str(free_port())]) == 1
+    assert str(bad) in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several worker processes
+
+
+def healthz(server) -> dict:
+    return json.loads(urllib.request.urlopen(server.url + "/healthz", timeout=10).read())
+
+
+def parent_pid(pid: int) -> int:
+    # /proc/PID/stat: "pid (comm) state ppid ...", and comm may hold spaces: split after its closing parenthesis.
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_port_answer_each_request_count_metrics_together_and_drain_on_sigterm(
+        digits_model, distinct, tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    # Batches wait 1.5 s to fill: the requests are still in flight when SIGTERM comes.
+    served = Server(digits_model.model, "--workers", 2, "--max-wait-ms", 1500, env={"TMPDIR": str(temp)})
+    try:
+        # Both workers answer on the one port (the second may still be loading its model when the first answers).
+        pids, probes = set(), 0
+        deadline = time.monotonic() + 90
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(healthz(served)["pid"])
+            probes += 1
+            time.sleep(0.02)
+        assert len(pids) == 2, f"only worker {pids} answered {probes} probes"
+        assert {parent_pid(pid) for pid in pids} == {served.process.pid}
+
+        def ask(utterance):
+            status, _, body = transcribe_post(served, utterance.audio)
+            return status, json.loads(body)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, distinct[:8]))
+        assert answers == [(200, {"text": u.text, "usage": {"type": "duration", "seconds": round(u.duration, 3)}})
+                           for u in distinct[:8]]
+        # /metrics, whichever worker answers it, counts every worker's requests: the probes were answered by two
+        # (and one more, Server's wait for the first answer).
+        counted = metrics(served)
+        assert counted['asr_requests_total{"endpoint": "healthz", "status": "200"}'] == probes + 1
+        assert counted['asr_requests_total{"endpoint": "transcriptions", "status": "200"}'] == 8
+        assert counted["asr_audio_seconds_total"] == pytest.approx(sum(u.duration for u in distinct[:8]), abs=1e-3)
+        assert counted["asr_queue_depth"] == 0
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            in_flight = [pool.submit(ask, utterance) for utterance in distinct[8:16]]
+            deadline = time.monotonic() + 10
+            while len(list(temp.glob("asr-serve-*/*"))) < 8 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            served.process.send_signal(signal.SIGTERM)
+            assert [future.result(timeout=30)[1]["text"] for future in in_flight] == [u.text for u in distinct[8:16]]
+        assert served.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+        assert list(temp.iterdir()) == []  # the uploads' folders and the metrics' folder are gone
+    finally:
+        served.stop()

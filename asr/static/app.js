@@ -1,5 +1,6 @@
 // The page of `asr serve`: uploads files or a microphone recording to /v1/audio/transcriptions (verbose_json with
-// word timestamps) and shows each transcript with its words' times and confidences. Plain JS, no build step, nothing
+// word timestamps) and shows each transcript with its words' times and confidences; when asked, the same recording's
+// posteriorgram picture from /v1/audio/plot. Plain JS, no build step, nothing
 // loaded from elsewhere. A recording is captured with the Web Audio API and encoded as a 16-bit WAV here, so the
 // server needs no ffmpeg to read it.
 "use strict";
@@ -16,6 +17,7 @@ async function showModel() {
   try {
     const health = await (await fetch("/healthz")).json();
     $("key-row").hidden = !health.api_key_required;
+    $("plot-row").hidden = !health.plot;  // an ONNX graph cannot be drawn
     $("model-name").textContent = health.model;
   } catch (error) {
     $("model-name").textContent = "(server unreachable)";
@@ -46,6 +48,42 @@ async function transcribe(blob, name) {
     card.dataset.state = "error";
     card.querySelector(".status").textContent = "";
     card.querySelector(".transcript").textContent = error.message;
+    return;
+  }
+  if (!$("plot-row").hidden && $("plot").checked) await showPlot(card, form, name);
+}
+
+// The picture is asked for once the transcript is shown: it takes the server a second or so to draw.
+async function showPlot(card, form, name) {
+  const figure = card.querySelector(".plot");
+  const caption = figure.querySelector("figcaption");
+  figure.hidden = false;
+  figure.dataset.state = "pending";
+  try {
+    const response = await fetch("/v1/audio/plot", { method: "POST", body: form, headers: apiHeaders() });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const image = document.createElement("img");
+    image.alt = `posteriorgram of ${name}`;
+    await new Promise((resolve, reject) => {
+      image.onload = resolve;
+      image.onerror = () => reject(new Error("the picture could not be shown"));
+      image.src = url;
+    });
+    figure.prepend(image);
+    caption.textContent = "log-mel features, CTC posteriors, and the words over the waveform (first 30 s)";
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `${name.replace(/\.[^.]+$/, "")}.png`;
+    link.textContent = "png";
+    card.querySelector(".downloads").append(link);
+    figure.dataset.state = "done";
+  } catch (error) {
+    figure.dataset.state = "error";
+    caption.textContent = `no picture: ${error.message}`;
   }
 }
 
