@@ -142,5 +142,33 @@ def test_the_page_records_the_microphone_and_shows_the_digit(browser, spoken):
     assert card.find_element(By.CSS_SELECTOR, ".name").text.startswith("recording-")
     assert card.get_attribute("data-state") == "done", card.text
     assert card.find_element(By.CSS_SELECTOR, ".transcript").text == spoken[2].text
+
+
+def test_the_page_draws_the_posteriorgram_when_asked(browser, spoken):
+    from selenium.webdriver.common.by import By
+
+    before = len(browser.find_elements(By.CSS_SELECTOR, ".result"))
+    # Not asked for, no picture: the cards so far have none.
+    assert all(not figure.is_displayed() for figure in browser.find_elements(By.CSS_SELECTOR, ".plot"))
+    checkbox = browser.find_element(By.ID, "plot")
+    assert checkbox.is_displayed() and not checkbox.is_selected()
+    checkbox.click()
+    browser.find_element(By.ID, "files").send_keys(spoken[0].audio)
+    card = finished_results(browser, before + 1)[0]
+    figure = card.find_element(By.CSS_SELECTOR, ".plot")
+    deadline = time.monotonic() + 60
+    while figure.get_attribute("data-state") == "pending":
+        assert time.monotonic() < deadline, "the picture did not come within 60 s"
+        time.sleep(0.1)
+    assert figure.get_attribute("data-state") == "done", figure.text
+    image = figure.find_element(By.TAG_NAME, "img")
+    # The server's PNG, decoded by the browser: asr.plot draws a 30-s recording or less 800 pixels wide, or more.
+    assert browser.execute_script("return arguments[0].naturalWidth", image) >= 800
+    assert image.is_displayed() and image.size["width"] > 0
+    assert card.find_element(By.LINK_TEXT, "png").get_attribute("download") == \
+        os.path.basename(spoken[0].audio).replace(".wav", ".png")
     if os.environ.get("ASR_SERVE_SCREENSHOT"):
+        browser.set_window_size(1000, 1600)  # the newest transcript and its whole picture
         browser.save_screenshot(os.environ["ASR_SERVE_SCREENSHOT"])
+        browser.set_window_size(1000, 1000)
+    checkbox.click()  # off again, for the tests that follow

@@ -74,7 +74,7 @@ async function showPlot(card, form, name) {
       image.src = url;
     });
     figure.prepend(image);
-    caption.textContent = "log-mel features, CTC posteriors, and the words over the waveform (first 30 s)";
+    caption.textContent = "log-mel features, CTC posteriors, and the words over the waveform";
     const link = document.createElement("a");
     link.href = url;
     link.download = `${name.replace(/\.[^.]+$/, "")}.png`;
