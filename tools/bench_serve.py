@@ -6,10 +6,13 @@ sends a few warm-up requests, then for each number of concurrent clients sends a
 client one at a time over its own keep-alive connection, the recordings taken in turn) and prints requests/s, audio
 seconds/s and the 50th/95th/99th latency percentiles as a markdown table. Bounded in count (--requests per level)
 and in time (--max-seconds per level: a level stops sending once over it, and says so). Settings take turns over
---rounds rounds; the medians are reported.
+--rounds rounds; the medians are reported. With --workers N, one more setting, workers: N server processes
+(`asr serve --workers N`) of one thread each, beside the others' one process of --threads threads: give --threads N
+to compare them on the same cores.
 
     python tools/bench_serve.py --model exp/digits/model.pt
     python tools/bench_serve.py --model model.onnx --concurrency 1 8 32 --requests 256 --threads 1
+    python tools/bench_serve.py --model exp/digits/model.pt --settings batched --threads 2 --workers 2
 
 The clients are threads of this process, on the same machine as the server: on a small machine they take CPU
 from it, the same for both settings.
@@ -47,17 +50,21 @@ def multipart(path: Path) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def start_server(model: str, flags: list[str], threads: int) -> tuple[subprocess.Popen, int]:
+def start_server(model: str, flags: list[str], threads: int, workers: int = 1) -> tuple[subprocess.Popen, int]:
+    """`asr serve` on a free port, once each of its `workers` processes answers /healthz."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "asr", "serve", "--model", model, "--port", str(port),
                                 "--threads", str(threads), "--max-queue", "1024", *flags], cwd=REPO)
     deadline = time.monotonic() + 120
+    pids = set()
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-            return process, port
+            pids.add(json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read())["pid"])
+            if len(pids) == workers:
+                return process, port
+            time.sleep(0.02)
         except OSError:
             if process.poll() is not None:
                 raise SystemExit(f"asr serve exited with {process.returncode}")
@@ -124,8 +131,14 @@ def main() -> None:
                         help="stop sending at a level after this long (default: 120)")
     parser.add_argument("--threads", type=int, default=1, help="the server's --threads (default: 1)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--workers", type=int, default=1,
+                        help="over 1: also the setting 'workers', this many processes of one thread (default: 1)")
     parser.add_argument("--rounds", type=int, default=3, help="each setting's runs; medians are reported (default: 3)")
     args = parser.parse_args()
+    # setting: (its flags, --threads, its processes)
+    settings = {name: (SETTINGS[name], args.threads, 1) for name in args.settings}
+    if args.workers > 1:
+        settings["workers"] = (["--workers", str(args.workers)], 1, args.workers)
 
     paths = sorted(Path(p) for p in glob.glob(args.audio))
     if not paths:
@@ -134,12 +147,14 @@ def main() -> None:
     mean_seconds = statistics.mean(seconds for _, _, seconds in bodies)
     print(f"{len(paths)} recordings ({mean_seconds:.2f} s on average) from {args.audio}; model {args.model}; "
           f"server --threads {args.threads}; {os.cpu_count()} CPUs\n")
+    if args.workers > 1:
+        print(f"workers: --workers {args.workers} --threads 1\n")
     runs: dict[tuple[str, int], list[dict]] = {}
     for round_number in range(args.rounds):
         # The settings take turns, in reverse order every other round, so that a slow spell of a shared machine
         # falls on all of them.
-        for setting in args.settings[::-1] if round_number % 2 else args.settings:
-            process, port = start_server(args.model, SETTINGS[setting], args.threads)
+        for setting in list(settings)[::-1] if round_number % 2 else list(settings):
+            process, port = start_server(args.model, *settings[setting])
             try:
                 run_level(port, bodies, 4, 16, args.max_seconds)  # warm-up: first calls allocate and load
                 for clients in args.concurrency:
