@@ -362,7 +362,9 @@ def cmd_serve(args) -> int:
 def serve_worker_app():
     """uvicorn's application factory for the worker processes of `asr serve --workers N`: the app of the flags the
     parent process left in the environment (SERVE_ARGS_ENV), with its own copy of the model."""
-    return _serve_app(argparse.Namespace(**json.loads(os.environ[SERVE_ARGS_ENV])))
+    from asr.serve import worker_app
+
+    return worker_app(lambda: _serve_app(argparse.Namespace(**json.loads(os.environ[SERVE_ARGS_ENV]))))
 
 
 def _serve_config(args):

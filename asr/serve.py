@@ -49,7 +49,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from asr.audio import SAMPLE_RATE, audio_info, load_samples
-from asr.errors import AudioError, ConfigError
+from asr.errors import AsrError, AudioError, ConfigError
 from asr.onnx_model import OnnxRecognizer
 from asr.transcribe import (AUDIO_EXTENSIONS, Transcript, format_srt, format_txt, format_vtt, subtitle_cues,
                             transcribe_file, transcribe_waveforms)
@@ -72,6 +72,8 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 REFUSED_BODY_DRAIN_BYTES = 32 * 2**20
 # Paths that need the API key when one is set; the page and /healthz do not (a load balancer probes /healthz).
 PROTECTED_PREFIXES = ("/v1/", "/metrics")
+# Where a worker process of `asr serve --workers` that cannot start leaves its error for the parent.
+WORKER_FAILURE_ENV = "ASR_SERVE_WORKER_FAILURE"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -777,11 +779,31 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         return
     if not isinstance(app, str):
         raise ConfigError("several workers need the application as an import string of a function that makes it")
-    with tempfile.TemporaryDirectory(prefix="asr-serve-metrics-") as metrics_dir:
+    with tempfile.TemporaryDirectory(prefix="asr-serve-run-") as run_dir:
         # The workers are started with multiprocessing's spawn: they inherit the environment, and prometheus_client
         # reads the variable when they import it.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        metrics_dir, failure = Path(run_dir, "metrics"), Path(run_dir, "worker-failure")
+        metrics_dir.mkdir()
+        variables = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), WORKER_FAILURE_ENV: str(failure)}
+        os.environ.update(variables)
         try:
             uvicorn.run(app, factory=True, workers=workers, **options)
         finally:
-            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            for name in variables:
+                del os.environ[name]
+        if failure.exists():
+            raise AsrError(f"a worker could not start, so the server stopped: {failure.read_text()}")
+
+
+def worker_app(make_app):
+    """`make_app()`, in a worker process of run_server. Should it fail (a device that is not there, memory), the
+    error is left for the parent, which reports it, and the worker exits with uvicorn's startup-failure status, on
+    which uvicorn's parent stops the others instead of starting the worker again and again."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    try:
+        return make_app()
+    except Exception as error:  # noqa: BLE001 - any failure to start: reported by the parent
+        log.exception("this worker could not start")
+        Path(os.environ[WORKER_FAILURE_ENV]).write_text(str(error), encoding="utf-8")
+        raise SystemExit(STARTUP_FAILURE) from None

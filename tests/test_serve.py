@@ -528,6 +528,17 @@ def test_a_bad_model_file_with_workers_is_an_error_of_the_command_before_any_wor
 # Several worker processes
 
 
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_stops_the_server_with_its_error(digits_model):
+    # The model file is good (the parent checks it on the CPU); the device is not there: each worker fails.
+    finished = subprocess.run(
+        [sys.executable, "-m", "asr", "serve", "--model", str(digits_model.model), "--port", str(free_port()),
+         "--workers", "2", "--threads", "1", "--device", "cuda:99"], capture_output=True, text=True, timeout=120,
+        cwd=REPO)
+    assert finished.returncode == 1
+    assert "asr serve: error: a worker could not start, so the server stopped: " in finished.stderr
+
+
 def healthz(server) -> dict:
     return json.loads(urllib.request.urlopen(server.url + "/healthz", timeout=10).read())
 
