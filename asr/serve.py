@@ -2,6 +2,7 @@
 
     POST /v1/audio/transcriptions   OpenAI's transcription endpoint: multipart `file`, `model`, `response_format`
                                     (json, text, srt, vtt, verbose_json), `timestamp_granularities[]`
+    POST /v1/audio/plot             the same form, answered with asr.plot's picture of the recording (PNG)
     GET  /v1/models                 the one model this server holds
     GET  /healthz, GET /metrics     liveness, and Prometheus metrics
     GET  /                          the page (asr/static/): upload or record, words with times and confidence
@@ -13,6 +14,10 @@ together, up to `max_batch_seconds` of padded audio (after waiting up to `max_wa
 asked): a batch of N recordings costs far less than N decodes, so the requests answered a second grow with the load.
 A recording longer than a window (`chunk_seconds`) goes alone through `asr.transcribe.transcribe_file`, which reads
 it from its file one overlapping window at a time. The event loop never runs the model.
+
+`run_server` serves one such application, or with several workers (`asr serve --workers N`) has uvicorn start N
+processes that share the port, each making its own (its own model, queue and thread); their Prometheus metrics are
+kept in a folder they share, so that /metrics reports the server's, whichever worker answers.
 
 Policy (limits, batching, error shapes) lives here; `asr serve` in asr/cli.py only parses flags. docs/serving.md
 says why Starlette and uvicorn, and what each flag and metric means.
