@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import asr
 from asr.audio import SAMPLE_RATE, load_samples
+from asr.plot import plot_transcript
 from asr.serve import BatchingTranscriber, ServeConfig
 from asr.transcribe import format_srt, format_vtt, transcribe_file
 from bad_inputs.corpus import AUDIO_CASES
@@ -253,6 +254,12 @@ def test_a_long_upload_is_decoded_in_windows_like_the_library_does(server, digit
     assert answer.text == offline.text
     assert [(w.word, w.start) for w in answer.words] == [(w.word, round(w.start, 3)) for w in offline.words]
     assert jiwer.wer(" ".join(words), answer.text) <= 0.2  # windows of a model trained on short utterances
+    # Its picture is drawn from the file, as asr transcribe --plot draws a long recording's.
+    status, _, body = post(server.url + "/v1/audio/plot", [("model", "digits")],
+                           [("file", "long.wav", path.read_bytes())])
+    assert status == 200
+    plot_transcript(model, path, offline, tmp_path / "offline.png")
+    assert np.abs(png_pixels(body) - png_pixels((tmp_path / "offline.png").read_bytes())).mean() < 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -413,8 +420,6 @@ def png_pixels(data: bytes) -> np.ndarray:
 
 
 def test_the_plot_endpoint_answers_the_picture_asr_transcribe_plot_draws(server, digits_model, model, tmp_path):
-    from asr.plot import plot_transcript
-
     utterance = next(u for u in digits_model.utterances if len(u.text.split()) == 3)
     status, headers, body = post(server.url + "/v1/audio/plot", [("model", "digits")],
                                  [("file", Path(utterance.audio).name, Path(utterance.audio).read_bytes())])
