@@ -784,7 +784,7 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         return
     if not isinstance(app, str):
         raise ConfigError("several workers need the application as an import string of a function that makes it")
-    with tempfile.TemporaryDirectory(prefix="asr-serve-run-") as run_dir:
+    with tempfile.TemporaryDirectory(prefix="asr-workers-") as run_dir:
         # The workers are started with multiprocessing's spawn: they inherit the environment, and prometheus_client
         # reads the variable when they import it.
         metrics_dir, failure = Path(run_dir, "metrics"), Path(run_dir, "worker-failure")

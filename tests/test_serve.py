@@ -562,14 +562,21 @@ def test_two_workers_share_the_port_answer_each_request_count_metrics_together_a
     served = Server(digits_model.model, "--workers", 2, "--max-wait-ms", 1500, env={"TMPDIR": str(temp)})
     try:
         # Both workers answer on the one port (the second may still be loading its model when the first answers).
-        pids, probes = set(), 0
-        deadline = time.monotonic() + 90
-        while len(pids) < 2 and time.monotonic() < deadline:
-            pids.add(healthz(served)["pid"])
-            probes += 1
-            time.sleep(0.02)
-        assert len(pids) == 2, f"only worker {pids} answered {probes} probes"
+        def probe_both(at_least=1):
+            pids, probes = set(), 0
+            deadline = time.monotonic() + 90
+            while (len(pids) < 2 or probes < at_least) and time.monotonic() < deadline:
+                pids.add(healthz(served)["pid"])
+                probes += 1
+            assert len(pids) == 2, f"only worker {pids} answered {probes} probes"
+            return pids, probes
+
+        pids, _ = probe_both()
         assert {parent_pid(pid) for pid in pids} == {served.process.pid}
+        # /metrics, whichever worker answers it, counts every worker's requests: between two readings, the probes
+        # both workers answered.
+        before = metrics(served)
+        _, probes = probe_both(at_least=10)
 
         def ask(utterance):
             status, _, body = transcribe_post(served, utterance.audio)
@@ -579,18 +586,20 @@ def test_two_workers_share_the_port_answer_each_request_count_metrics_together_a
             answers = list(pool.map(ask, distinct[:8]))
         assert answers == [(200, {"text": u.text, "usage": {"type": "duration", "seconds": round(u.duration, 3)}})
                            for u in distinct[:8]]
-        # /metrics, whichever worker answers it, counts every worker's requests: the probes were answered by two
-        # (and one more, Server's wait for the first answer).
-        counted = metrics(served)
-        assert counted['asr_requests_total{"endpoint": "healthz", "status": "200"}'] == probes + 1
-        assert counted['asr_requests_total{"endpoint": "transcriptions", "status": "200"}'] == 8
-        assert counted["asr_audio_seconds_total"] == pytest.approx(sum(u.duration for u in distinct[:8]), abs=1e-3)
-        assert counted["asr_queue_depth"] == 0
+        after = metrics(served)
+
+        def grew(name):
+            return after.get(name, 0) - before.get(name, 0)
+
+        assert grew('asr_requests_total{"endpoint": "healthz", "status": "200"}') == probes
+        assert grew('asr_requests_total{"endpoint": "transcriptions", "status": "200"}') == 8
+        assert grew("asr_audio_seconds_total") == pytest.approx(sum(u.duration for u in distinct[:8]), abs=1e-3)
+        assert after["asr_queue_depth"] == 0
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             in_flight = [pool.submit(ask, utterance) for utterance in distinct[8:16]]
             deadline = time.monotonic() + 10
-            while len(list(temp.glob("asr-serve-*/*"))) < 8 and time.monotonic() < deadline:
+            while len(list(temp.glob("asr-serve-*/*"))) < 8 and time.monotonic() < deadline:  # the 8 uploads
                 time.sleep(0.05)
             served.process.send_signal(signal.SIGTERM)
             assert [future.result(timeout=30)[1]["text"] for future in in_flight] == [u.text for u in distinct[8:16]]
