@@ -2,8 +2,8 @@
 
 `write_report(exp_dir)` reads what `asr train` and `asr evaluate` left in an experiment folder
 
-    exp/NAME/train.log                      the trainer's log: train loss every few steps, the device and processes
-    exp/NAME/history.json                   one entry a validation: step, dev loss, dev WER and CER
+    exp/NAME/metrics.jsonl                  the trainer's records: each start (device, processes, global batch, steps
+                                            an epoch and in all), train loss every few steps, each validation
     exp/NAME/checkpoints/ckpt-<step>.pt     the latest holds the steps, epochs and hours trained
     exp/NAME/model.pt                       the model's size and tokenizer
     exp/NAME/decode_<name>/results.json     `asr evaluate --out`: WER of each set decoded one way
@@ -15,7 +15,6 @@ set) and `exp/NAME/curves.png` (train and dev loss, dev WER, against the step). 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +22,7 @@ from matplotlib.figure import Figure
 
 from asr.checkpoint import load_model, read_plain_data
 from asr.errors import AsrError
-
-# The trainer's log lines this report reads (asr/train.py writes them).
-_STEP_LINE = re.compile(r"\bstep (\d+) epoch \d+ loss (\S+) lr")
-_START_LINE = re.compile(r"training on (\d+) utterances \(([\d.]+) h\) on (\S+), (\d+) process\(es\)")
+from asr.metrics import read_metrics
 
 
 @dataclass
@@ -64,6 +60,9 @@ class ExperimentSummary:
     processes: int
     training_hours: float  # wall-clock hours of training (validation excluded), summed over resumed runs
     decodings: list[Decoding]
+    global_batch_seconds: float = 0.0  # padded audio seconds an optimizer step, over every process
+    steps_per_epoch: int = 0
+    total_steps: int = 0  # the run's planned length: its schedule's
 
     @property
     def device_hours(self) -> float:
@@ -72,26 +71,21 @@ class ExperimentSummary:
 
 
 def read_curves(exp_dir: str | Path) -> Curves:
-    """Train loss from train.log and dev loss and WER from history.json (each may be missing: empty curves).
+    """Train loss, and dev loss and WER, from metrics.jsonl (empty curves when it is missing).
 
-    A resumed run logs again the steps after its last checkpoint; the later value of a step wins."""
-    exp_dir = Path(exp_dir)
-    curves = Curves()
-    log_path = exp_dir / "train.log"
-    if log_path.is_file():
-        train_loss: dict[int, float] = {}
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            match = _STEP_LINE.search(line)
-            if match:
-                train_loss[int(match.group(1))] = float(match.group(2))
-        curves.train_steps = sorted(train_loss)
-        curves.train_loss = [train_loss[step] for step in curves.train_steps]
-    history_path = exp_dir / "history.json"
-    if history_path.is_file():
-        for entry in json.loads(history_path.read_text(encoding="utf-8")):
-            curves.dev_steps.append(entry["step"])
-            curves.dev_loss.append(entry["loss"])
-            curves.dev_wer.append(entry["wer"])
+    A resumed run drops the records of the steps after its checkpoint before taking them again; should a step be in
+    the file twice all the same, its later value wins."""
+    train_loss: dict[int, float] = {}
+    dev: dict[int, tuple[float, float]] = {}
+    for record in read_metrics(Path(exp_dir) / "metrics.jsonl"):
+        if record["event"] == "train":
+            train_loss[record["step"]] = record["loss"]
+        elif record["event"] == "validation":
+            dev[record["step"]] = (record["dev_loss"], record["dev_wer"])
+    curves = Curves(train_steps=sorted(train_loss), dev_steps=sorted(dev))
+    curves.train_loss = [train_loss[step] for step in curves.train_steps]
+    curves.dev_loss = [dev[step][0] for step in curves.dev_steps]
+    curves.dev_wer = [dev[step][1] for step in curves.dev_steps]
     return curves
 
 
@@ -138,7 +132,7 @@ def _describe_decoding(folder: Path, name: str) -> str:
 
 
 def summarize_experiment(exp_dir: str | Path) -> ExperimentSummary:
-    """What was trained and how long (model.pt, the latest checkpoint, train.log) and how it decodes."""
+    """What was trained and how long (model.pt, the latest checkpoint, metrics.jsonl) and how it decodes."""
     exp_dir = Path(exp_dir)
     model_path = exp_dir / "model.pt"
     if not model_path.is_file():
@@ -149,18 +143,17 @@ def summarize_experiment(exp_dir: str | Path) -> ExperimentSummary:
 
     checkpoints = sorted((exp_dir / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     progress = read_plain_data(checkpoints[-1])["metadata"] if checkpoints else recognizer.metadata
-    utterances, audio_hours, device, processes = 0, 0.0, "unknown", 1
-    log_path = exp_dir / "train.log"
-    if log_path.is_file():
-        for match in _START_LINE.finditer(log_path.read_text(encoding="utf-8")):  # the last start counts
-            utterances, audio_hours = int(match.group(1)), float(match.group(2))
-            device, processes = match.group(3), int(match.group(4))
+    starts = [record for record in read_metrics(exp_dir / "metrics.jsonl") if record["event"] == "start"]
+    start = starts[-1] if starts else {}  # the last start (or resume) counts
     return ExperimentSummary(
-        name=exp_dir.name, train_manifest=progress.get("train_manifest", ""), train_utterances=utterances,
-        train_audio_hours=audio_hours, model=model, parameters=recognizer.acoustic.num_parameters(),
+        name=exp_dir.name, train_manifest=progress.get("train_manifest", ""),
+        train_utterances=start.get("utterances", 0), train_audio_hours=start.get("audio_hours", 0.0), model=model,
+        parameters=recognizer.acoustic.num_parameters(),
         tokens=f"{recognizer.tokenizer.kind} ({recognizer.tokenizer.vocab_size})", steps=progress.get("step", 0),
-        epochs=progress.get("epoch", 0), device=device, processes=processes,
-        training_hours=progress.get("train_hours", 0.0), decodings=read_decodings(exp_dir))
+        epochs=progress.get("epoch", 0), device=start.get("device", "unknown"),
+        processes=start.get("world_size", 1), training_hours=progress.get("train_hours", 0.0),
+        decodings=read_decodings(exp_dir), global_batch_seconds=start.get("global_batch_seconds", 0.0),
+        steps_per_epoch=start.get("steps_per_epoch", 0), total_steps=start.get("total_steps", 0))
 
 
 def format_report(summary: ExperimentSummary) -> str:
@@ -173,6 +166,9 @@ def format_report(summary: ExperimentSummary) -> str:
         f"| {summary.train_manifest} | {summary.train_utterances} | {summary.train_audio_hours:.1f} | {summary.model} "
         f"| {summary.parameters / 1e6:.1f} M | {summary.tokens} | {summary.epochs} | {summary.steps} "
         f"| {summary.device_hours:.2f} ({summary.processes} × {summary.device}) |",
+        "",
+        f"{summary.processes} process(es), a global batch of {summary.global_batch_seconds:,.0f} padded audio seconds "
+        f"a step, {summary.steps_per_epoch:,} steps an epoch, {summary.total_steps:,} steps planned.",
         "",
     ]
     sets = list(dict.fromkeys(name for decoding in summary.decodings for name in decoding.wer))

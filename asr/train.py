@@ -18,10 +18,10 @@ random number generator, so a resumed run follows the same losses as one never s
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from asr import distributed
 from asr.checkpoint import (load_checkpoint, read_plain_data, remove_unfinished_writes, save_checkpoint, save_model,
                             write_atomically)
-from asr import distributed
 from asr.config import ExperimentConfig, OptimConfig, save_config
 from asr.data.dataset import Batch, SpeechDataset, collate
 from asr.data.manifest import read_manifest
@@ -43,6 +43,7 @@ from asr.data.sampler import DurationBucketSampler
 from asr.decoding import GreedyDecoder
 from asr.errors import AsrError, ConfigError
 from asr.features import SpeakerCmvn, estimate_cmvn, estimate_speaker_cmvn, load_cmvn, save_cmvn
+from asr.metrics import MetricsLog
 from asr.recognizer import Recognizer
 from asr.scoring import score
 from asr.text import BpeTokenizer, CharTokenizer, load_tokenizer, normalize_text, tokenizer_from_dict
@@ -266,11 +267,14 @@ class Trainer:
         self.model.to(self.device)
         self.ddp_model = self.model
         if self.world_size > 1:
-            # No buffer broadcast: the only buffers are CMVN statistics, the same on every rank, and a broadcast at
-            # every forward would make the ranks' numbers of micro-batches a step have to match.
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+            # No buffer broadcast at each forward: the only buffers are CMVN statistics, the same on every rank, and
+            # that broadcast would make the ranks' numbers of micro-batches a step have to match. (torch >= 2.14
+            # names the setting forward_sync_buffers and warns about the old name.)
+            ddp = torch.nn.parallel.DistributedDataParallel
+            no_forward_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+                else "broadcast_buffers"
+            self.ddp_model = ddp(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                 **{no_forward_sync: False})
 
         # Batches: every rank computes the same global batches, one an optimizer step, and takes its share of each.
         self.dataset = SpeechDataset(self.train_utts, self.tokenizer, speed_factors=tuple(config.data.speed_factors),
@@ -398,11 +402,11 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
-    def _trainer_state(self) -> dict:
+    def _trainer_state(self, rng_states: list[dict]) -> dict:
         return {
             **dataclasses.asdict(self.state), "best": [list(b) for b in self.state.best],
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_state(),
+            "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_states,
             "skipped": [list(s) for s in self.skips.entries.items()],
         }
 
@@ -416,7 +420,10 @@ class Trainer:
         else:  # saved while losses were not scaled (bf16 before scales_losses): the scaler starts afresh
             log.info("the checkpoint's loss scaler was off; scaling losses from GradScaler's initial scale")
         self.sampler.load_state_dict(saved["sampler"])
-        set_rng_state(saved["rng"])
+        # Each process's own generators (they drew different SpecAugment masks and dropout); one set a process, or a
+        # single one in checkpoints of a single process.
+        rng_states = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
+        set_rng_state(rng_states[distributed.rank() % len(rng_states)])
         self.state = TrainingState(step=saved["step"], epoch=saved["epoch"], elapsed=saved["elapsed"],
                                    bad_batches=saved["bad_batches"], history=saved["history"],
                                    best=[tuple(b) for b in saved["best"]])
@@ -429,12 +436,22 @@ class Trainer:
                 "dev_wer": state.history[-1]["wer"] if state.history else None, "asr_config": self.config.to_dict()}
 
     def save_checkpoint(self) -> None:
+        """Every process calls it: the main one writes, with every process's random generators and skipped utterances
+        (each met the unreadable files of its own shares)."""
+        rng_states = distributed.gather(rng_state())
+        self._gather_skips()
         if not distributed.is_main():
             return
         folder = self.out / "checkpoints"
-        save_checkpoint(folder / f"ckpt-{self.state.step}.pt", self.model, self._trainer_state(), self._metadata())
+        save_checkpoint(folder / f"ckpt-{self.state.step}.pt", self.model, self._trainer_state(rng_states),
+                        self._metadata())
         for old in sorted(folder.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-self.config.train.keep_checkpoints]:
             old.unlink()
+
+    def _gather_skips(self) -> None:
+        for entries in distributed.gather(self.skips.entries):
+            for utt_id, reason in entries.items():
+                self.skips.add(utt_id, reason)
 
     def _keep_if_best(self, wer: float) -> None:
         folder = self.out / "checkpoints"
@@ -635,9 +652,7 @@ class Trainer:
         """Write the list of skipped utterances, the validation history, then model.pt (the best by dev WER, else
         the last weights): a model.pt means the run finished."""
         model_path = None
-        for entries in distributed.gather(self.skips.entries):  # each rank met the unreadable files of its shares
-            for utt_id, reason in entries.items():
-                self.skips.add(utt_id, reason)
+        self._gather_skips()
         state = self.state
         if distributed.is_main():
             with open(self.out / "skipped.tsv", "w", encoding="utf-8") as f:
@@ -659,38 +674,6 @@ class Trainer:
                 handler.close()
         distributed.stop()
         return model_path
-
-
-class MetricsLog:
-    """exp/NAME/metrics.jsonl: one JSON object a line, written by the main process as training goes ("start" at each
-    start or resume, "train" every train.log_every steps, "validation", "done"). A resumed run first drops the
-    records of the steps after its checkpoint, which it is about to take again: no step is ever in the file twice."""
-
-    def __init__(self, path: Path, resumed_at_step: int):
-        self.path = path
-        kept = [record for record in read_metrics(path) if record["step"] <= resumed_at_step] if resumed_at_step else []
-        rewritten = path.with_name(path.name + ".tmp")  # a kill now leaves the old file or the new one
-        rewritten.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
-        os.replace(rewritten, path)
-
-    def write(self, **record) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl, in order; none when it does not exist. A last line cut short by a kill is
-    left out."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def silent_batch(sample_rate: int) -> Batch:

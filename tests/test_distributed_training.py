@@ -2,8 +2,12 @@
 under torchrun, or with its global batch accumulated in small micro-batches, takes the same optimizer steps at the
 same learning rates, to the same losses and weights (dropout and augmentation off, so that nothing random differs)."""
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ import torch
 from asr.checkpoint import load_model
 from asr.cli import main
 from asr.data.manifest import Utterance, write_manifest
-from asr.train import read_metrics
+from asr.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny.yaml"
@@ -95,3 +99,116 @@ def test_two_or_three_processes_train_the_same_model_as_one(manifest, one_proces
     assert_same_training(tmp_path / "exp", one_process, world_size=processes)
     log = (tmp_path / "exp" / "train.log").read_text()
     assert f"{processes} process(es)" in log and "global batch 4 padded s a step" in log
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Two machines: two torchrun launches on this one, each a node of one process, meeting at 127.0.0.1
+
+# Everything random is on (speed perturbation, SpecAugment, dropout): each process draws its own, and a resumed run
+# must restore each one's generators.
+TWO_NODES = ["data.speed_factors=[0.9,1.0,1.1]", "model.dropout=0.2", "specaugment.enabled=true",
+             "train.max_steps=12", "train.checkpoint_every=2", "train.keep_checkpoints=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_nodes(manifest, out: str, folders: tuple[Path, Path], *extra) -> list[subprocess.Popen]:
+    """Node 0 and node 1, each `torchrun --nnodes 2 --node-rank K` of one process, in its own working folder (`out`
+    relative to it, or absolute: one folder both see)."""
+    port = free_port()
+    nodes = []
+    for node_rank, folder in enumerate(folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node_rank),
+                   "--master-addr", "127.0.0.1", "--master-port", str(port), "--nproc-per-node", "1", "-m", "asr",
+                   *train_arguments(manifest, out, *TWO_NODES), *extra]
+        with open(folder / "stderr.txt", "a") as stderr:
+            nodes.append(subprocess.Popen(command, cwd=folder, stdout=subprocess.DEVNULL, stderr=stderr,
+                                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))))
+    return nodes
+
+
+def wait_for(nodes: list[subprocess.Popen], folders, timeout: float = 300) -> None:
+    for node, folder in zip(nodes, folders):
+        assert node.wait(timeout=timeout) == 0, (folder / "stderr.txt").read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_to_the_end_and_killed_both_resume_to_the_same_weights(manifest, tmp_path):
+    # Uninterrupted, each node in its own folder, `--out exp` relative to it: global rank 0 writes everything, and
+    # node 1's process (local rank 0 of its machine) writes nothing at all.
+    folders = (tmp_path / "machine0", tmp_path / "machine1")
+    wait_for(start_nodes(manifest, "exp", folders), folders)
+    straight = folders[0] / "exp"
+    assert (straight / "model.pt").is_file() and (straight / "checkpoints" / "ckpt-12.pt").is_file()
+    assert sorted(path.name for path in folders[1].rglob("*")) == ["stderr.txt"]
+    assert "2 process(es)" in (straight / "train.log").read_text()
+
+    # Killed, both at once, after the checkpoint of step 6 and before the next one; then both restarted with --resume,
+    # writing to one folder both see (as on a cluster's shared file system).
+    exp = tmp_path / "shared" / "exp"
+    folders = (tmp_path / "node0", tmp_path / "node1")
+    nodes = start_nodes(manifest, str(exp), folders)
+    started = time.monotonic()
+    while not ((exp / "checkpoints" / "ckpt-6.pt").exists() and last_step_in(exp) >= 7):
+        assert time.monotonic() - started < 300 and all(node.poll() is None for node in nodes), \
+            (folders[0] / "stderr.txt").read_text()[-3000:]
+        time.sleep(0.02)
+    kill_process_trees([node.pid for node in nodes])
+    for node in nodes:
+        node.wait()
+    assert not (exp / "model.pt").exists() and "done:" not in (exp / "train.log").read_text()
+    wait_for(start_nodes(manifest, str(exp), folders, "--resume"), folders)
+
+    resumed_at = re.findall(r"resumed from \S+ at step (\d+)", (exp / "train.log").read_text())
+    assert resumed_at in (["6"], ["8"])  # some work after the checkpoint was lost, and done again
+    records, expected = train_records(exp), train_records(straight)
+    assert [r["step"] for r in records] == [r["step"] for r in expected] == list(range(1, 13))
+    assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in expected], rel=1e-6)
+    weights = load_model(straight / "model.pt").state_dict()
+    for name, tensor in load_model(exp / "model.pt").state_dict().items():
+        torch.testing.assert_close(tensor, weights[name], atol=1e-6, rtol=0, msg=name)
+
+
+def kill_process_trees(pids: list[int]) -> None:
+    """SIGKILL the processes and all their descendants at once, as a machine that fails takes them all. (torchrun
+    starts its workers in sessions of their own: killing its process group would leave them training.)"""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def last_step_in(exp: Path) -> int:
+    records = train_records(exp)
+    return records[-1]["step"] if records else 0
+
+
+@pytest.mark.slow
+def test_a_node_that_does_not_see_the_checkpoint_stops_the_resumed_run(manifest, tmp_path):
+    # --out relative to folders that are not shared: node 1 does not see node 0's checkpoints, and must not train from
+    # scratch beside a node that resumed.
+    folders = (tmp_path / "machine0", tmp_path / "machine1")
+    wait_for(start_nodes(manifest, "exp", folders, "train.max_steps=2"), folders)
+    nodes = start_nodes(manifest, "exp", folders, "train.max_steps=4", "--resume")
+    for node in nodes:
+        assert node.wait(timeout=300) != 0
+    assert "the checkpoint to resume from is missing on some node; --out must be a folder that every node sees" in \
+        (folders[0] / "stderr.txt").read_text() + (folders[1] / "stderr.txt").read_text()

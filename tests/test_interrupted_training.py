@@ -24,6 +24,7 @@ from asr.checkpoint import load_checkpoint, load_model, read_plain_data
 from asr.cli import main
 from asr.data.manifest import Utterance, write_manifest
 from asr.errors import ModelFileError
+from asr.metrics import read_metrics
 from asr.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,11 +80,20 @@ def logged_losses(exp):
     return {int(step): float(loss) for step, loss in STEP_LINE.findall((exp / "train.log").read_text())}
 
 
+def train_records(exp):
+    return [record for record in read_metrics(exp / "metrics.jsonl") if record["event"] == "train"]
+
+
 def assert_same_run(exp, uninterrupted):
     """Same losses at every step, same final weights, same skipped utterances."""
     losses = logged_losses(exp)
     assert sorted(losses) == list(range(1, MAX_STEPS + 1))
     assert losses == pytest.approx(logged_losses(uninterrupted), rel=1e-5, abs=1e-6)
+    # metrics.jsonl holds each step once, though the steps after the last checkpoint were taken again.
+    records = train_records(exp)
+    assert [record["step"] for record in records] == list(range(1, MAX_STEPS + 1))
+    assert [record["loss"] for record in records] == \
+        pytest.approx([record["loss"] for record in train_records(uninterrupted)], rel=1e-5, abs=1e-6)
     expected = load_model(uninterrupted / "model.pt").state_dict()
     for name, tensor in load_model(exp / "model.pt").state_dict().items():
         torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=0, msg=name)

@@ -305,17 +305,16 @@ def experiment(tmp_path) -> Path:
     save_checkpoint(exp / "checkpoints" / "ckpt-30.pt", recognizer, {},
                     {"step": 30, "epoch": 3, "train_hours": 0.25, "train_manifest": "data/manifests/train.jsonl"})
     save_checkpoint(exp / "checkpoints" / "ckpt-9.pt", recognizer, {}, {"step": 9, "epoch": 1, "train_hours": 0.05})
-    (exp / "train.log").write_text(
-        "2026-01-01 10:00:00,000 INFO training on 40 utterances (0.1 h) on cuda:0, 2 process(es); skipped: none\n"
-        "2026-01-01 10:00:01,000 INFO step 10 epoch 1 loss 3.5000 lr 1.000e-03 grad_norm 1.00 audio_s_per_s 9.0\n"
-        "2026-01-01 10:00:02,000 INFO step 20 epoch 2 loss 2.9000 lr 1.000e-03 grad_norm 1.00 audio_s_per_s 9.0\n"
-        "2026-01-01 10:05:00,000 INFO resumed from exp/tiny/checkpoints/ckpt-10.pt at step 10 (epoch 1)\n"
-        "2026-01-01 10:05:00,000 INFO training on 40 utterances (0.1 h) on cuda:0, 4 process(es); skipped: none\n"
-        "2026-01-01 10:05:01,000 INFO step 20 epoch 2 loss 2.5000 lr 1.000e-03 grad_norm 1.00 audio_s_per_s 9.0\n"
-        "2026-01-01 10:05:02,000 INFO step 30 epoch 3 loss 2.0000 lr 1.000e-03 grad_norm 1.00 audio_s_per_s 9.0\n")
-    (exp / "history.json").write_text(json.dumps([
-        {"loss": 3.0, "wer": 0.9, "cer": 0.5, "utterances": 10, "step": 10, "epoch": 1},
-        {"loss": 2.2, "wer": 0.6, "cer": 0.3, "utterances": 10, "step": 30, "epoch": 3}]))
+    start = {"event": "start", "utterances": 40, "audio_hours": 0.1, "device": "cuda:0", "global_batch_seconds": 4800.0,
+             "steps_per_epoch": 10, "total_steps": 30}
+    train = {"event": "train", "lr": 1e-3, "grad_norm": 1.0}
+    records = [{**start, "step": 0, "world_size": 2}, {**train, "step": 10, "loss": 3.5},
+               {"event": "validation", "step": 10, "dev_loss": 3.0, "dev_wer": 0.9, "dev_cer": 0.5},
+               {**train, "step": 20, "loss": 2.9},  # as if the file were not cut back at the resume: the later wins
+               {**start, "step": 10, "world_size": 4}, {**train, "step": 20, "loss": 2.5},
+               {**train, "step": 30, "loss": 2.0},
+               {"event": "validation", "step": 30, "dev_loss": 2.2, "dev_wer": 0.6, "dev_cer": 0.3}]
+    (exp / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     for name, wers in (("greedy", (0.5, 0.625)), ("lm_small", (0.25, 0.375))):
         folder = exp / f"decode_{name}"
         folder.mkdir()
@@ -342,6 +341,8 @@ def test_report_summarizes_the_experiment(experiment):
     assert "| data/manifests/train.jsonl | 40 | 0.1 | 2 × 8 BiGRU |" in lines[4]
     assert lines[4].endswith(f"| {weights / 1e6:.1f} M | char (29) | 3 | 30 | 1.00 (4 × cuda:0) |")
     assert "GPU hours" in lines[2]
+    assert "4 process(es), a global batch of 4,800 padded audio seconds a step, 10 steps an epoch, 30 steps planned." \
+        in lines
     assert "| decoding | dev-clean WER % | test-clean WER % |" in lines
     assert "| greedy | 50.00 | 62.50 |" in lines
     assert "| small.arpa, LM weight 1.5, word score -1 (tuned on dev-clean) | 25.00 | 37.50 |" in lines

@@ -16,8 +16,8 @@ from asr.config import load_config
 from asr.errors import ConfigError
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.features import SpeakerCmvn, estimate_speaker_cmvn
-from asr.train import (Trainer, autocast_dtype, evaluate_loss_and_wer, lr_factor, read_metrics, scales_losses,
-                       train)
+from asr.metrics import read_metrics
+from asr.train import Trainer, autocast_dtype, evaluate_loss_and_wer, lr_factor, scales_losses, train
 
 DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
 REPO = Path(__file__).resolve().parents[1]
