@@ -17,6 +17,7 @@ random number generator, so a resumed run follows the same losses as one never s
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import json
@@ -38,7 +39,7 @@ from asr.checkpoint import (load_checkpoint, read_plain_data, remove_unfinished_
                             write_atomically)
 from asr.config import ExperimentConfig, OptimConfig, save_config
 from asr.data.dataset import Batch, SpeechDataset, collate
-from asr.data.manifest import read_manifest
+from asr.data.manifest import Utterance, read_manifest
 from asr.data.sampler import DurationBucketSampler
 from asr.decoding import GreedyDecoder
 from asr.errors import AsrError, ConfigError
@@ -46,7 +47,7 @@ from asr.features import SpeakerCmvn, estimate_cmvn, estimate_speaker_cmvn, load
 from asr.metrics import MetricsLog
 from asr.recognizer import Recognizer
 from asr.scoring import score
-from asr.text import BpeTokenizer, CharTokenizer, load_tokenizer, normalize_text, tokenizer_from_dict
+from asr.text import BpeTokenizer, CharTokenizer, Tokenizer, load_tokenizer, normalize_text, tokenizer_from_dict
 
 log = logging.getLogger("asr.train")
 
@@ -200,6 +201,88 @@ def lr_factor(optim: OptimConfig, warmup_progress: float, decay_progress: float)
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Preparation: what training needs from the config, the data and the checkpoint, before any model
+
+
+@dataclass
+class Prepared:
+    config: ExperimentConfig  # a copy of the caller's, with the model's input and output sizes the data decided
+    tokenizer: Tokenizer
+    train_utts: list[Utterance]  # those CTC can train on
+    dev_utts: list[Utterance]
+    skips: SkipLog  # the training utterances left out, and why
+    cmvn: dict | None  # global statistics, under normalization global (or speaker: for audio of no known speaker)
+    speaker_cmvn: SpeakerCmvn | None  # each speaker's statistics, under normalization speaker
+    dev_speaker_cmvn: SpeakerCmvn | None
+    checkpoint_path: Path | None  # the checkpoint to resume from, and what it holds
+    checkpoint: dict | None
+
+
+def prepare_training(config: ExperimentConfig, out: Path, resume: bool = False, progress: bool = False) -> Prepared:
+    """Read the manifests, build the tokenizer (or take the checkpoint's), keep what CTC can train on, and estimate
+    the CMVN statistics the features need. Every process calls it: the main process builds the tokenizer and the
+    statistics, the others take them from it. A resumed run takes its tokenizer from the checkpoint and its statistics
+    from the files the first start wrote. The caller's config is left as it was."""
+    checkpoint_path = latest_checkpoint(out) if resume else None
+    if resume and checkpoint_path is None and distributed.is_main():
+        log.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path else None
+    if not config.data.train:
+        raise ConfigError("data.train: no training manifest given")
+    utterances = read_manifest(config.data.train)
+    if checkpoint:
+        tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
+    else:
+        tokenizer = main_process_tokenizer(config, [u.text for u in utterances])
+    skips = SkipLog()
+    train_utts = usable_utterances(utterances, tokenizer, config, skips)
+    if not train_utts:
+        raise AsrError(f"{config.data.train}: no usable training utterances ({skips.summary()})")
+    dev_utts = read_manifest(config.data.dev) if config.data.dev else []
+    config = copy.deepcopy(config)
+    config.model.vocab_size, config.model.input_dim = tokenizer.vocab_size, config.features.n_mels
+
+    features, cmvn, speaker_cmvn, dev_speaker_cmvn = config.features, None, None, None
+    if features.normalization in ("global", "speaker"):
+        cmvn = load_cmvn(config.data.cmvn) if config.data.cmvn else estimated_once(
+            out / "cmvn.json", load_cmvn,
+            lambda: estimate_cmvn(train_utts, features, max_utterances=2000, progress=progress))
+    if features.normalization == "speaker":
+        def by_speaker(name: str, utterances) -> SpeakerCmvn:
+            # Estimated again on resume if the manifest has speakers the file lacks.
+            speakers = {utterance.speaker for utterance in utterances} - {None}
+            stats = estimated_once(out / f"speaker_cmvn_{name}.json", lambda path: json.loads(path.read_text()),
+                                   lambda: estimate_speaker_cmvn(utterances, features, progress=progress),
+                                   still_valid=lambda saved: speakers <= saved.keys())
+            return SpeakerCmvn(stats, cmvn)
+
+        speaker_cmvn, dev_speaker_cmvn = by_speaker("train", train_utts), by_speaker("dev", dev_utts)
+    return Prepared(config, tokenizer, train_utts, dev_utts, skips, cmvn, speaker_cmvn, dev_speaker_cmvn,
+                    checkpoint_path, checkpoint)
+
+
+def estimated_once(path: Path, load, estimate, still_valid=lambda saved: True):
+    """Statistics computed by the main process with `estimate()` into `path` (unless the file there is `still_valid`),
+    then read from it with `load` by every process, and by a resumed run."""
+    if distributed.is_main() and not (path.exists() and still_valid(load(path))):
+        save_cmvn(path, estimate())
+    distributed.barrier()
+    return load(path)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint the main process resumes from, on every process. The experiment folder must be one that every
+    node sees (a shared file system): a node that does not see the checkpoint stops the run, rather than train from
+    scratch beside the others."""
+    checkpoints = sorted((out / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    chosen = distributed.from_main(str(checkpoints[-1]) if checkpoints else None)
+    if not distributed.all_agree(chosen is None or Path(chosen).is_file()):
+        raise AsrError(f"{chosen}: the checkpoint to resume from is missing on some node; --out must be a folder that "
+                       f"every node sees (a shared file system)")
+    return Path(chosen) if chosen else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The trainer
 
 
@@ -218,7 +301,6 @@ class TrainingState:
 class Trainer:
     def __init__(self, config: ExperimentConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
                  progress: bool = True):
-        self.config = config
         self.out = Path(out_dir)
         self.device = distributed.start(device)
         self.world_size = distributed.world_size()
@@ -232,38 +314,16 @@ class Trainer:
         if distributed.is_main():
             for leftover in remove_unfinished_writes(self.out / "checkpoints"):
                 log.warning("removed %s: a checkpoint whose writing was interrupted", leftover)
-        checkpoint = self._latest_checkpoint() if resume else None
-        if resume and checkpoint is None and distributed.is_main():
-            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out / "checkpoints")
-        self.skips = SkipLog()
-        payload = load_checkpoint(checkpoint) if checkpoint else None
-
-        # Data and tokenizer. A resumed run takes its tokenizer and CMVN statistics from the checkpoint.
-        if not config.data.train:
-            raise ConfigError("data.train: no training manifest given")
-        train_utts = read_manifest(config.data.train)
-        if payload:
-            self.tokenizer = tokenizer_from_dict(payload["tokenizer"])
-        else:
-            self.tokenizer = main_process_tokenizer(config, [u.text for u in train_utts])
-        self.train_utts = usable_utterances(train_utts, self.tokenizer, config, self.skips)
-        if not self.train_utts:
-            raise AsrError(f"{config.data.train}: no usable training utterances ({self.skips.summary()})")
-        self.dev_utts = read_manifest(config.data.dev) if config.data.dev else []
+        prepared = prepare_training(config, self.out, resume=resume, progress=self.progress)
+        self.config = config = prepared.config
+        self.tokenizer, self.skips = prepared.tokenizer, prepared.skips
+        self.train_utts, self.dev_utts = prepared.train_utts, prepared.dev_utts
+        self.speaker_cmvn, self.dev_speaker_cmvn = prepared.speaker_cmvn, prepared.dev_speaker_cmvn
+        if distributed.is_main():  # with what the data decided: the model's input and output sizes
+            save_config(config, self.out / "config.yaml")
 
         # Model.
-        config.model.vocab_size = self.tokenizer.vocab_size
-        config.model.input_dim = config.features.n_mels
-        if distributed.is_main():  # now that it holds what the data decided: the model's input and output sizes
-            save_config(config, self.out / "config.yaml")
-        cmvn = None
-        if config.features.normalization in ("global", "speaker"):  # under `speaker`, for audio of no known speaker
-            cmvn = self._cmvn_stats()  # on resume, the file the first start wrote: the checkpoint holds the same
-        self.model = Recognizer(config.model, config.features, self.tokenizer, config.specaugment, cmvn)
-        self.speaker_cmvn = self.dev_speaker_cmvn = None  # statistics by speaker, under `normalization: speaker`
-        if config.features.normalization == "speaker":
-            self.speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("train", self.train_utts), cmvn)
-            self.dev_speaker_cmvn = SpeakerCmvn(self._speaker_cmvn_stats("dev", self.dev_utts), cmvn)
+        self.model = Recognizer(config.model, config.features, self.tokenizer, config.specaugment, prepared.cmvn)
         self.model.to(self.device)
         self.ddp_model = self.model
         if self.world_size > 1:
@@ -299,9 +359,10 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config.train.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=scales_losses(self.amp_dtype))
 
-        if payload is not None:
-            self._restore(payload)
-            log.info("resumed from %s at step %d (epoch %d)", checkpoint, self.state.step, self.state.epoch)
+        if prepared.checkpoint is not None:
+            self._restore(prepared.checkpoint)
+            log.info("resumed from %s at step %d (epoch %d)", prepared.checkpoint_path, self.state.step,
+                     self.state.epoch)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", self.state.step) if distributed.is_main() else None
         self._log_start()
 
@@ -363,42 +424,6 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         except ImportError:  # tensorboard is optional: the plain log has every figure too
             log.info("tensorboard not installed: scalars go to train.log only")
-
-    def _cmvn_stats(self) -> dict:
-        """Global CMVN statistics: data.cmvn's file, or estimated once into exp/NAME/cmvn.json."""
-        if self.config.data.cmvn:
-            return load_cmvn(self.config.data.cmvn)
-        return self._estimated_once(
-            self.out / "cmvn.json", load_cmvn,
-            lambda: estimate_cmvn(self.train_utts, self.config.features, max_utterances=2000, progress=self.progress))
-
-    def _speaker_cmvn_stats(self, name: str, utterances) -> dict[str, dict]:
-        """Each speaker's CMVN statistics over `utterances`, estimated once into exp/NAME/speaker_cmvn_NAME.json
-        (again on resume if the manifest has other speakers)."""
-        speakers = {utterance.speaker for utterance in utterances} - {None}
-        return self._estimated_once(
-            self.out / f"speaker_cmvn_{name}.json", lambda path: json.loads(path.read_text()),
-            lambda: estimate_speaker_cmvn(utterances, self.config.features, progress=self.progress),
-            still_valid=lambda saved: speakers <= saved.keys())
-
-    def _estimated_once(self, path: Path, load, estimate, still_valid=lambda saved: True):
-        """Statistics computed by rank 0 with `estimate()` into `path` (unless the file there is `still_valid`), then
-        read from it with `load` by every rank, and by a resumed run."""
-        if distributed.is_main() and not (path.exists() and still_valid(load(path))):
-            save_cmvn(path, estimate())
-        distributed.barrier()
-        return load(path)
-
-    def _latest_checkpoint(self) -> Path | None:
-        """The checkpoint the main process resumes from, on every process. The experiment folder must be one that
-        every node sees (a shared file system): a node that does not see the checkpoint stops the run, rather than
-        train from scratch beside the others."""
-        checkpoints = sorted((self.out / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-        chosen = distributed.from_main(str(checkpoints[-1]) if checkpoints else None)
-        if not distributed.all_agree(chosen is None or Path(chosen).is_file()):
-            raise AsrError(f"{chosen}: the checkpoint to resume from is missing on some node; --out must be a folder "
-                           f"that every node sees (a shared file system)")
-        return Path(chosen) if chosen else None
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 

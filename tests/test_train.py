@@ -1,4 +1,5 @@
 """The trainer on real speech: it learns, it resumes exactly, it runs under torchrun with two gloo processes."""
+import copy
 import json
 import math
 import os
@@ -17,7 +18,8 @@ from asr.errors import ConfigError
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.features import SpeakerCmvn, estimate_speaker_cmvn
 from asr.metrics import read_metrics
-from asr.train import Trainer, autocast_dtype, evaluate_loss_and_wer, lr_factor, scales_losses, train
+from asr.train import (Trainer, autocast_dtype, evaluate_loss_and_wer, latest_checkpoint, lr_factor, scales_losses,
+                       train)
 
 DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -107,10 +109,13 @@ def test_same_seed_same_model_different_seed_different_model(tmp_path, fsdd_dir)
 
 def test_the_saved_config_holds_the_sizes_the_model_was_built_with(tmp_path, fsdd_dir):
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
-    trainer = Trainer(small_config(manifest, **{"features.n_mels": 40}), tmp_path / "exp", progress=False)
+    config = small_config(manifest, **{"features.n_mels": 40})
+    given = copy.deepcopy(config)
+    trainer = Trainer(config, tmp_path / "exp", progress=False)
     saved = load_config(tmp_path / "exp" / "config.yaml")
     assert saved.model.input_dim == 40 == trainer.model.acoustic.config.input_dim
-    assert saved.model.vocab_size == trainer.tokenizer.vocab_size
+    assert saved.model.vocab_size == trainer.tokenizer.vocab_size == trainer.config.model.vocab_size
+    assert config == given and config.model.vocab_size != trainer.tokenizer.vocab_size  # the caller's, untouched
 
 
 def test_speaker_normalization_trains_and_validates_with_each_speakers_statistics(tmp_path, fsdd_dir):
@@ -201,8 +206,7 @@ def test_a_checkpoint_saved_without_loss_scaling_resumes_with_it(tmp_path, fsdd_
     train(small_config(manifest, **{"train.max_steps": 2}), tmp_path / "exp", progress=False)
     trainer = Trainer(small_config(manifest, **{"train.max_steps": 2}), tmp_path / "exp", progress=False)
     trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
-    checkpoint = trainer._latest_checkpoint()
-    trainer._restore(load_checkpoint(checkpoint))
+    trainer._restore(load_checkpoint(latest_checkpoint(tmp_path / "exp")))
     assert trainer.state.step == 2 and trainer.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
 
 
