@@ -167,10 +167,11 @@ def format_report(summary: ExperimentSummary) -> str:
         f"| {summary.parameters / 1e6:.1f} M | {summary.tokens} | {summary.epochs} | {summary.steps} "
         f"| {summary.device_hours:.2f} ({summary.processes} × {summary.device}) |",
         "",
-        f"{summary.processes} process(es), a global batch of {summary.global_batch_seconds:,.0f} padded audio seconds "
-        f"a step, {summary.steps_per_epoch:,} steps an epoch, {summary.total_steps:,} steps planned.",
-        "",
     ]
+    if summary.global_batch_seconds:  # from metrics.jsonl's last start
+        lines += [f"{summary.processes} process(es), a global batch of {summary.global_batch_seconds:,.0f} padded audio "
+                  f"seconds a step, {summary.steps_per_epoch:,} steps an epoch, {summary.total_steps:,} steps planned.",
+                  ""]
     sets = list(dict.fromkeys(name for decoding in summary.decodings for name in decoding.wer))
     if sets:
         lines += ["| decoding | " + " | ".join(f"{name} WER %" for name in sets) + " |",

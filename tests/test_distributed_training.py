@@ -212,3 +212,36 @@ def test_a_node_that_does_not_see_the_checkpoint_stops_the_resumed_run(manifest,
         assert node.wait(timeout=300) != 0
     assert "the checkpoint to resume from is missing on some node; --out must be a folder that every node sees" in \
         (folders[0] / "stderr.txt").read_text() + (folders[1] / "stderr.txt").read_text()
+
+
+# A NaN loss on rank 1 only, at its third micro-batch: under DDP the step must be skipped on both ranks (a rank that
+# went on to its backward would wait for the other's gradients forever).
+NAN_ON_RANK_1 = """
+import sys
+import torch
+from asr import distributed
+from asr.cli import main
+from asr.train import Trainer
+loss, calls = Trainer._loss, []
+def nan_on_rank_1(self, batch):
+    calls.append(batch.ids)
+    value = loss(self, batch)
+    return value * float("nan") if distributed.rank() == 1 and len(calls) == 3 else value
+Trainer._loss = nan_on_rank_1
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_process_skips_the_step_on_every_process(manifest, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(NAN_ON_RANK_1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *train_arguments(manifest, tmp_path / "exp", "data.device_max_seconds=1.0")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "exp" / "train.log").read_text()
+    assert log.count("skipped a batch (loss is NaN or infinite)") == 1
+    assert "done: 7 steps" in log and "1 bad batches skipped" in log
+    assert [r["step"] for r in train_records(tmp_path / "exp")] == list(range(1, 8))
