@@ -1,9 +1,11 @@
 """exp/NAME/metrics.jsonl: the machine-readable record of a training run, one JSON object a line.
 
 The trainer's main process writes a record at each start or resume ("start": device, processes, global batch, steps an
-epoch and in all), every train.log_every steps ("train": step, epoch, lr, loss per token, grad norm, audio seconds,
-processes, global batch seconds, ...), at each validation ("validation": dev loss, WER, CER) and at the end ("done").
-`asr report` reads it; so can any plotting script, without parsing a log.
+epoch and in all), every train.log_every steps ("train": step, the epoch it is in counted from 1, the learning rate it
+took, the loss per token and the audio seconds since the last record, grad norm, processes, global batch seconds,
+...), at each validation ("validation": dev loss, WER, CER) and at the end ("done"). Every record has its `event` and
+the optimizer `step` it was written at; "start", "validation" and "done" count `epochs_done`. `asr report` reads it;
+so can any plotting script, without parsing a log.
 """
 from __future__ import annotations
 

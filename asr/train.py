@@ -396,15 +396,17 @@ class Trainer:
         if data.device_max_seconds:
             micro = math.ceil(data.max_seconds / (self.world_size * data.device_max_seconds))
             forwarding = f"at most {data.device_max_seconds:g} s at once (about {micro} micro-batch(es) a step)"
-        warmup = (f"{self.config.optim.warmup_fraction:g} of train.max_minutes" if self.config.optim.decay_by == "time"
-                  else f"{self.warmup_steps} steps")
+        by_time = self.config.optim.decay_by == "time"
+        warmup = f"{self.warmup_steps} steps"
+        if by_time:
+            warmup = f"{self.config.optim.warmup_fraction:g} of train.max_minutes"
         log.info("global batch %g padded s a step over %d process(es), each forwarding %s; %d steps an epoch, %d steps "
                  "in all, warmup %s", data.max_seconds, self.world_size, forwarding, self.steps_per_epoch,
                  self.total_steps, warmup)
-        self.metrics.write(event="start", step=self.state.step, epoch=self.state.epoch, world_size=self.world_size,
-                           device=str(self.device), global_batch_seconds=data.max_seconds,
+        self.metrics.write(event="start", step=self.state.step, epochs_done=self.state.epoch,
+                           world_size=self.world_size, device=str(self.device), global_batch_seconds=data.max_seconds,
                            device_max_seconds=data.device_max_seconds, steps_per_epoch=self.steps_per_epoch,
-                           total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                           total_steps=self.total_steps, warmup_steps=None if by_time else self.warmup_steps,
                            utterances=len(self.train_utts), audio_hours=hours, train_manifest=data.train)
 
     def _setup_logging(self) -> None:
@@ -637,8 +639,8 @@ class Trainer:
         log.info("step %d epoch %d loss %.4f lr %.3e grad_norm %.2f audio_s_per_s %.1f", state.step, state.epoch + 1,
                  loss, lr, result["grad_norm"], rate)
         self.metrics.write(event="train", step=state.step, epoch=state.epoch + 1, lr=lr, loss=loss,
-                           grad_norm=result["grad_norm"], audio_seconds=result["audio_seconds"],
-                           tokens=int(result["tokens"]), audio_seconds_per_second=rate, world_size=self.world_size,
+                           grad_norm=result["grad_norm"], audio_seconds=window["audio_seconds"],
+                           tokens=int(window["tokens"]), audio_seconds_per_second=rate, world_size=self.world_size,
                            global_batch_seconds=self.config.data.max_seconds, elapsed=state.elapsed)
         if self.writer:
             for name, value in (("train/loss", loss), ("train/lr", lr), ("train/grad_norm", result["grad_norm"]),
@@ -659,7 +661,7 @@ class Trainer:
             state.history.append(result)
             log.info("validation step %d: dev loss %.4f WER %.2f%% CER %.2f%% (%d utterances)", state.step,
                      result["loss"], 100 * result["wer"], 100 * result["cer"], result["utterances"])
-            self.metrics.write(event="validation", step=state.step, epoch=state.epoch, dev_loss=result["loss"],
+            self.metrics.write(event="validation", step=state.step, epochs_done=state.epoch, dev_loss=result["loss"],
                                dev_wer=result["wer"], dev_cer=result["cer"], dev_utterances=result["utterances"])
             if self.writer:
                 for key in ("loss", "wer", "cer"):
@@ -690,7 +692,7 @@ class Trainer:
                 save_model(self.model, model_path, self._metadata())
             log.info("done: %d steps, %.1f min of training; %d bad batches skipped; utterances skipped: %s; model: %s",
                      state.step, state.elapsed / 60, state.bad_batches, self.skips.summary(), model_path)
-            self.metrics.write(event="done", step=state.step, epoch=state.epoch, elapsed=state.elapsed,
+            self.metrics.write(event="done", step=state.step, epochs_done=state.epoch, elapsed=state.elapsed,
                                bad_batches=state.bad_batches, skipped=len(self.skips.entries))
             if self.writer:
                 self.writer.close()

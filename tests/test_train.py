@@ -272,6 +272,17 @@ def test_ddp_with_two_gloo_processes(tmp_path, fsdd_dir):
     assert "2 process(es)" in log
     assert log.count("validation step") == 2  # once an epoch, by rank 0 only
     assert read_plain_data(tmp_path / "exp" / "model.pt")["metadata"]["dev_wer"] is not None
+    # metrics.jsonl: the start (what the run is), every step, both validations as history.json has them, the end.
+    records = read_metrics(tmp_path / "exp" / "metrics.jsonl")
+    start, *steps, done = records
+    assert start["event"] == "start" and done["event"] == "done"
+    assert (start["world_size"], start["global_batch_seconds"], start["total_steps"]) == \
+        (2, 4.0, 2 * start["steps_per_epoch"])
+    history = json.loads((tmp_path / "exp" / "history.json").read_text())
+    validations = [r for r in steps if r["event"] == "validation"]
+    assert [(r["step"], r["dev_loss"], r["dev_wer"], r["dev_cer"]) for r in validations] == \
+        [(h["step"], h["loss"], h["wer"], h["cer"]) for h in history]
+    assert [r["step"] for r in steps if r["event"] == "train"] == list(range(1, done["step"] + 1))
 
 
 def run_on_two_gloo_ranks(script_text: str, folder: Path) -> None:
