@@ -699,6 +699,10 @@ class Trainer:
             for handler in [h for h in log.handlers if getattr(h, "asr_train_log", False)]:
                 log.removeHandler(handler)
                 handler.close()
+        # DDP holds the process group: let it go before the group is destroyed. The trainer itself may live on until
+        # the interpreter exits (its scheduler's lambda refers to it), and gloo's threads torn down then can abort the
+        # process after a finished run.
+        self.ddp_model = self.model
         distributed.stop()
         return model_path
 
