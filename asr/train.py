@@ -513,17 +513,19 @@ class Trainer:
         """One optimizer step on this rank's micro-batches of a global batch.
 
         The loss is the CTC loss summed over every utterance of the step, on every rank, divided by the target tokens
-        of the step, on every rank: the gradient is the same however the global batch was split. (DDP averages the
-        ranks' gradients; each rank's loss is multiplied by the number of ranks to make that average a sum.) Returns
-        the step's figures over every rank, or None when it was skipped on every rank."""
+        of the step, on every rank (an empty transcript, a clip of no word, counts as one: its all-blank path): the
+        gradient is the same however the global batch was split. (DDP averages the ranks' gradients; each rank's loss
+        is multiplied by the number of ranks to make that average a sum.) Returns the step's figures over every rank,
+        or None when it was skipped on every rank."""
         for batch in batches:
             for utt_id, reason in batch.skipped:
                 self.skips.add(utt_id, f"unreadable audio: {reason}")
         batches = [batch for batch in batches if len(batch)]
-        tokens, audio_seconds = distributed.sum_over_ranks(
-            [sum(int(b.token_lengths.sum()) for b in batches),
-             sum(float(b.audio_lengths.sum()) for b in batches) / self.config.features.sample_rate])
-        if not tokens:  # every utterance of the global batch was unreadable
+        tokens, audio_seconds, utterances = distributed.sum_over_ranks(
+            [sum(target_tokens(b) for b in batches),
+             sum(float(b.audio_lengths.sum()) for b in batches) / self.config.features.sample_rate,
+             sum(len(b) for b in batches)])
+        if not utterances:  # every utterance of the global batch was unreadable
             return None
         weight = 1.0
         if not batches:  # this rank's share is empty, yet DDP needs its backward: silence, weighing nothing
@@ -707,6 +709,11 @@ class Trainer:
         return model_path
 
 
+def target_tokens(batch: Batch) -> int:
+    """What a batch's summed CTC loss is divided by: its target tokens, an empty transcript counting as one."""
+    return int(batch.token_lengths.clamp(min=1).sum())
+
+
 def silent_batch(sample_rate: int) -> Batch:
     """A second of silence with a one-token transcript: what a rank whose share of a step is empty forwards, its loss
     weighted by zero, so that its gradients (zeros) join the other ranks'."""
@@ -740,7 +747,7 @@ def evaluate_loss_and_wer(model: Recognizer, utterances, config: ExperimentConfi
         loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.tokens, out_lengths, batch.token_lengths,
                           blank=0, reduction="sum", zero_infinity=True)
         loss_sum += loss.item()
-        tokens += int(batch.token_lengths.sum())
+        tokens += target_tokens(batch)
         for utt_id, text, hyp in zip(batch.ids, batch.texts, decoder.decode(log_probs, out_lengths)):
             refs[utt_id] = normalize_text(text)
             hyps[utt_id] = hyp.text

@@ -189,6 +189,22 @@ def test_unusable_utterances_are_skipped_and_listed(tmp_path, fsdd_dir):
     assert "too long" in skipped["too_long_text"]
 
 
+def test_steps_of_clips_with_no_word_are_trained_not_dropped(tmp_path, fsdd_dir):
+    # Empty transcripts (non-speech, taught to give all blanks): a step made of them alone has no target token, and
+    # is still a step. Here every global batch holds one clip (max_seconds below two clips' padded length).
+    clips = [Utterance(name, str(fsdd_dir / f"{name}.wav"), soundfile.info(fsdd_dir / f"{name}.wav").duration, "")
+             for name in ("0_george_5", "1_jackson_5", "7_lucas_5")]
+    words = fsdd_manifest(fsdd_dir, tmp_path / "words.jsonl", ["4_theo_9"])
+    write_manifest(tmp_path / "train.jsonl", clips + read_manifest(words))
+    train(small_config(tmp_path / "train.jsonl", **{"train.max_steps": 4, "data.max_seconds": 0.8}), tmp_path / "exp",
+          progress=False)
+    records = [r for r in read_metrics(tmp_path / "exp" / "metrics.jsonl") if r["event"] == "train"]
+    assert [(r["step"], r["epoch"]) for r in records] == [(1, 1), (2, 1), (3, 1), (4, 1)]  # the whole epoch
+    assert sorted(r["tokens"] for r in records) == [1, 1, 1, 4]  # a clip of no word counts one; FOUR four
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert "skipped a batch" not in (tmp_path / "exp" / "train.log").read_text()
+
+
 @pytest.mark.parametrize("precision, device, scaled", [
     ("bf16", "cuda", True),  # cuDNN's GRUs run in float16 under bf16 autocast too
     ("fp16", "cuda", True),
