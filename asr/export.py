@@ -30,6 +30,7 @@ from torch import nn
 from asr.errors import AsrError
 from asr.features import LogMel
 from asr.onnx_model import ONNX_INPUTS, ONNX_OUTPUTS, onnx_metadata
+from asr.transcribe import edge_pad_seconds
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def export_onnx(recognizer, path: str | Path, opset: int = ONNX_OPSET) -> Path:
                           dynamic_axes=dynamic_axes)
     model = onnx.load_from_string(graph.getvalue())
     onnx.helper.set_model_props(model, onnx_metadata(recognizer.tokenizer, recognizer.frame_shift,
-                                                     recognizer.describe()))
+                                                     recognizer.describe(),
+                                                     edge_pad_seconds=edge_pad_seconds(recognizer)))
     onnx.save(model, str(path))
     return path

@@ -10,6 +10,8 @@ and `out_lengths` (B,). What it takes to read those outputs travels in the same 
     frame_shift         seconds between two output frames, e.g. "0.04"
     sample_rate         the audio rate the graph expects, "16000"
     description         the model's dimensions, as `Recognizer.describe()` words them
+    edge_pad_seconds    optional: the faint floor transcription lays at each edge of a recording
+                        (asr.transcribe.edge_pad_seconds), e.g. "0.2"; absent for a model without it
 
 `OnnxRecognizer` loads such a file and stands where `asr.transcribe` expects a Recognizer, with numpy arrays in and
 out. Nothing here imports torch: a deployment that only transcribes needs onnxruntime, numpy and soundfile, and
@@ -39,11 +41,14 @@ def is_onnx_model(path) -> bool:
 
 
 def onnx_metadata(tokenizer: Tokenizer, frame_shift: float, description: str,
-                  sample_rate: int = SAMPLE_RATE) -> dict[str, str]:
+                  sample_rate: int = SAMPLE_RATE, edge_pad_seconds: float = 0.0) -> dict[str, str]:
     """The metadata properties an exported graph carries (see the module's docstring)."""
-    return {"asr_format": ONNX_FORMAT, "asr_format_version": str(ONNX_FORMAT_VERSION),
-            "tokenizer": tokenizer_to_json(tokenizer), "frame_shift": repr(float(frame_shift)),
-            "sample_rate": str(int(sample_rate)), "description": description}
+    properties = {"asr_format": ONNX_FORMAT, "asr_format_version": str(ONNX_FORMAT_VERSION),
+                  "tokenizer": tokenizer_to_json(tokenizer), "frame_shift": repr(float(frame_shift)),
+                  "sample_rate": str(int(sample_rate)), "description": description}
+    if edge_pad_seconds:
+        properties["edge_pad_seconds"] = repr(float(edge_pad_seconds))
+    return properties
 
 
 class OnnxRecognizer:
@@ -81,6 +86,11 @@ class OnnxRecognizer:
                                  f"{ONNX_INPUTS} and {ONNX_OUTPUTS}")
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.tokenizer, self.frame_shift, self.sample_rate, self.description = _read_metadata(path, metadata)
+        # What asr.transcribe reads from a model file's metadata, as it reads it from a Recognizer's.
+        try:
+            self.metadata = {"edge_pad_seconds": float(metadata.get("edge_pad_seconds", 0.0))}
+        except ValueError as error:
+            raise ModelFileError(f"{path}: unreadable metadata ({error})") from error
         self.source_path = str(path)
 
     def __call__(self, audio: np.ndarray, audio_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

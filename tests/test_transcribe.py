@@ -413,3 +413,52 @@ def test_cli_one_speaker_normalizes_every_file_by_the_statistics_of_all(data_dir
 def test_cli_one_speaker_needs_a_model_normalized_by_speaker(model_file, data_dir, capsys):
     assert main(["transcribe", "--model", str(model_file), str(sentence_files(data_dir, 1)[0]), "--one-speaker"]) == 1
     assert "--one-speaker is for models trained with features.normalization: speaker" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The edge floor a model file asks for
+
+
+class HearingRecognizer(FrameRecognizer):
+    """A FrameRecognizer that keeps each batch of audio it hears."""
+
+    def forward(self, audio, audio_lengths):
+        self.heard = audio.numpy().copy()
+        return super().forward(audio, audio_lengths)
+
+
+@pytest.mark.parametrize("name", ["0_george_0.wav", "7_theo_3.wav"])
+def test_an_edge_floor_continues_a_real_recordings_own_floor(fsdd_dir, name):
+    """FSDD's takes are trimmed to the word. A model file asking for 0.2 s of edge floor hears the recording between
+    white noise at the RMS of its own quietest 10 ms (within -90..-55 dBFS, the floors of training), not digital
+    zero and not a louder step; the recording itself unchanged."""
+    wave = load_audio(fsdd_dir / name).numpy()
+    frames = wave[:wave.size // 160 * 160].reshape(-1, 160).astype(np.float64)
+    expected_db = np.clip(10 * np.log10((frames ** 2).mean(axis=1).min()), -90, -55)
+    spy = HearingRecognizer(energy_token)
+    spy.metadata = {"edge_pad_seconds": 0.2}
+    transcribe_file(spy, fsdd_dir / name)
+    heard, pad = spy.heard[0], round(0.2 * SAMPLE_RATE)
+    assert heard.size == wave.size + 2 * pad
+    np.testing.assert_array_equal(heard[pad:-pad], wave)
+    for edge in (heard[:pad], heard[-pad:]):
+        assert 20 * np.log10(np.sqrt(np.mean(edge.astype(np.float64) ** 2))) == pytest.approx(expected_db, abs=0.5)
+        assert np.count_nonzero(edge == 0) < pad // 100
+
+
+def test_an_edge_floor_leaves_word_times_in_the_recordings_own_time(data_dir):
+    """A recognizer that writes a word for each burst louder than -30 dBFS: with 0.2 s of floor at each edge it
+    hears a longer recording, quiet at its edges, and reports the same words at the same times, within the recording,
+    a word at its very start included."""
+    wave = np.full(16 * SAMPLES_PER_FRAME, 1e-4, dtype=np.float32)
+    wave[:3 * SAMPLES_PER_FRAME] = 0.5  # speech from the first sample, as in a tightly trimmed file
+    wave[8 * SAMPLES_PER_FRAME:11 * SAMPLES_PER_FRAME] = 0.5
+    bare = transcribe_file(FrameRecognizer(energy_token), wave)
+    spy = FrameRecognizer(energy_token)
+    spy.metadata = {"edge_pad_seconds": 0.2}
+    padded = transcribe_file(spy, wave)
+    assert spy.batch_shapes == [(1, wave.size + 2 * round(0.2 * SAMPLE_RATE))]
+    assert [w.word for w in bare.words] == ["A", "A"]
+    assert [w.word for w in padded.words] == ["A", "A"]
+    assert [t for w in padded.words for t in (w.start, w.end)] == pytest.approx([0.0, 0.12, 0.32, 0.44])
+    assert padded.duration == bare.duration
