@@ -10,7 +10,7 @@ and `out_lengths` (B,). What it takes to read those outputs travels in the same 
     frame_shift         seconds between two output frames, e.g. "0.04"
     sample_rate         the audio rate the graph expects, "16000"
     description         the model's dimensions, as `Recognizer.describe()` words them
-    edge_pad_seconds    optional: the faint floor transcription lays at each edge of a recording
+    edge_pad_seconds    optional: the seconds of noise floor transcription lays at each edge of a recording
                         (asr.transcribe.edge_pad_seconds), e.g. "0.2"; absent for a model without it
 
 `OnnxRecognizer` loads such a file and stands where `asr.transcribe` expects a Recognizer, with numpy arrays in and

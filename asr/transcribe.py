@@ -253,7 +253,7 @@ def _transcribe_batch(recognizer, decoder, paths: dict[int, Path],
 
 
 def edge_pad_seconds(recognizer) -> float:
-    """Seconds of faint noise floor the recognizer's model file asks to hear at each edge of a recording (0: none)."""
+    """Seconds of noise floor the recognizer's model file asks to hear at each edge of a recording (0: none)."""
     return float(getattr(recognizer, "metadata", {}).get("edge_pad_seconds") or 0.0)
 
 

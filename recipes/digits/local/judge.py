@@ -9,9 +9,10 @@ Reports, in one markdown table and judge.json:
 - the words written for each non-speech file (silence, noise, music, hum), which should be none;
 - whether word times lie on the speech: on theo's test utterances, whose sources file says where each FSDD recording
   lies, each word of an utterance recognized without error against its recording's speech found by energy (10 ms
-  frames within 30 dB of the recording's loudest). `--calibrate` first measures the model's latency on dev (the
-  median time from a word's firing frames to its speech) and stores it in the model file, where greedy decoding
-  finds it (`asr.decoding.GreedyDecoder`'s `word_span`).
+  frames within 30 dB of the recording's loudest). `--calibrate` first chooses the model's edge floor on dev and the
+  five training speakers' official takes (`calibrate_edge_pad`; `asr.transcribe.edge_pad_seconds`), then measures
+  the model's latency on dev (the median time from a word's firing frames to its speech), and stores both in the
+  model file, where transcription and greedy decoding find them (`asr.decoding.GreedyDecoder`'s `word_span`).
 """
 import argparse
 import json
