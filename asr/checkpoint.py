@@ -148,8 +148,10 @@ def average_model_files(paths: list[str | Path], out_path: str | Path) -> dict:
     payloads = [read_plain_data(p) for p in paths]
     first = payloads[0]
     for path, payload in zip(paths[1:], payloads[1:]):
-        if payload["model_config"] != first["model_config"] or payload["state_dict"].keys() != first["state_dict"].keys():
-            raise ModelFileError(f"{path}: a different model from {paths[0]}; only checkpoints of one run can be averaged")
+        same_model = payload["model_config"] == first["model_config"]
+        if not same_model or payload["state_dict"].keys() != first["state_dict"].keys():
+            raise ModelFileError(f"{path}: a different model from {paths[0]}; "
+                                 "only checkpoints of one run can be averaged")
     averaged = {}
     for name, tensor in payloads[-1]["state_dict"].items():
         if tensor.is_floating_point():

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from asr.errors import AsrError
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # prepare / download: corpora to manifests
 

@@ -5,7 +5,8 @@ The `Frontend` module chains the parts, each usable alone:
   GlobalCMVN       subtract the training set's mean, divide by its standard deviation (from `estimate_cmvn`)
   utterance_cmvn   or the same with each utterance's own statistics
                    or with each speaker's, passed in beside the batch (`SpeakerCmvn`, from `estimate_speaker_cmvn`),
-                   the training set's at the utterance's own level where no speaker is known (`training_set_at_own_level`)
+                   the training set's at the utterance's own level where no speaker is known
+                   (`training_set_at_own_level`)
   SpecAugment      zero random bands of mel channels and of frames (Park et al., 2019), in training only
 `speed_perturb` changes the speed of a waveform before all that (Ko et al., 2015); vocal tract length perturbation
 (`vtlp_warp`, Jaitly and Hinton, 2013) stretches each training utterance's frequency axis inside LogMel.

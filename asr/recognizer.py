@@ -24,7 +24,8 @@ class Recognizer(nn.Module):
         that assigns them all from a state dict, as `from_payload` does."""
         super().__init__()
         if model_config.vocab_size != tokenizer.vocab_size:
-            raise ValueError(f"model has {model_config.vocab_size} outputs but the tokenizer {tokenizer.vocab_size} tokens")
+            raise ValueError(f"model has {model_config.vocab_size} outputs "
+                             f"but the tokenizer {tokenizer.vocab_size} tokens")
         self.model_config = model_config
         self.feature_config = feature_config
         self.tokenizer = tokenizer

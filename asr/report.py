@@ -7,7 +7,8 @@
     exp/NAME/checkpoints/ckpt-<step>.pt     the latest holds the steps, epochs and hours trained
     exp/NAME/model.pt                       the model's size and tokenizer
     exp/NAME/decode_<name>/results.json     `asr evaluate --out`: WER of each set decoded one way
-    exp/NAME/decode_<name>/decoding.json    optional: how that decoding was made (LM, weights, the sets they were tuned on)
+    exp/NAME/decode_<name>/decoding.json    optional: how that decoding was made (LM, weights, the sets they were
+                                            tuned on)
 
 and writes `exp/NAME/report.md` (a table of the training, a table of WER with one row a decoding and one column a
 set) and `exp/NAME/curves.png` (train and dev loss, dev WER, against the step). Nothing needs TensorBoard.
@@ -169,8 +170,9 @@ def format_report(summary: ExperimentSummary) -> str:
         "",
     ]
     if summary.global_batch_seconds:  # from metrics.jsonl's last start
-        lines += [f"{summary.processes} process(es), a global batch of {summary.global_batch_seconds:,.0f} padded audio "
-                  f"seconds a step, {summary.steps_per_epoch:,} steps an epoch, {summary.total_steps:,} steps planned.",
+        lines += [f"{summary.processes} process(es), a global batch of {summary.global_batch_seconds:,.0f} padded "
+                  f"audio seconds a step, {summary.steps_per_epoch:,} steps an epoch, "
+                  f"{summary.total_steps:,} steps planned.",
                   ""]
     sets = list(dict.fromkeys(name for decoding in summary.decodings for name in decoding.wer))
     if sets:

@@ -56,8 +56,16 @@ from starlette.staticfiles import StaticFiles
 from asr.audio import SAMPLE_RATE, audio_info, load_samples
 from asr.errors import AsrError, AudioError, ConfigError
 from asr.onnx_model import OnnxRecognizer
-from asr.transcribe import (AUDIO_EXTENSIONS, Transcript, format_srt, format_txt, format_vtt, subtitle_cues,
-                            transcribe_file, transcribe_waveforms)
+from asr.transcribe import (
+    AUDIO_EXTENSIONS,
+    Transcript,
+    format_srt,
+    format_txt,
+    format_vtt,
+    subtitle_cues,
+    transcribe_file,
+    transcribe_waveforms,
+)
 
 log = logging.getLogger("asr.serve")
 

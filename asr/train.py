@@ -35,8 +35,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from asr import distributed
-from asr.checkpoint import (load_checkpoint, read_plain_data, remove_unfinished_writes, save_checkpoint, save_model,
-                            write_atomically)
+from asr.checkpoint import (
+    load_checkpoint,
+    read_plain_data,
+    remove_unfinished_writes,
+    save_checkpoint,
+    save_model,
+    write_atomically,
+)
 from asr.config import ExperimentConfig, OptimConfig, save_config
 from asr.data.dataset import Batch, SpeechDataset, collate
 from asr.data.manifest import Utterance, read_manifest
@@ -472,7 +478,8 @@ class Trainer:
         folder = self.out / "checkpoints"
         save_checkpoint(folder / f"ckpt-{self.state.step}.pt", self.model, self._trainer_state(rng_states),
                         self._metadata())
-        for old in sorted(folder.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-self.config.train.keep_checkpoints]:
+        by_step = sorted(folder.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        for old in by_step[:-self.config.train.keep_checkpoints]:
             old.unlink()
 
     def _gather_skips(self) -> None:

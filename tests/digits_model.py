@@ -1,6 +1,6 @@
-"""A small digits model trained in about 20 CPU seconds on real FSDD recordings, for tests that need a model that recognizes
-speech (the server's tests: each answer must be its own recording's digits), and the pytest fixture that trains it
-once a session.
+"""A small digits model trained in about 20 CPU seconds on real FSDD recordings, for tests that need a model that
+recognizes speech (the server's tests: each answer must be its own recording's digits), and the pytest fixture that
+trains it once a session.
 
     pytest_plugins = ["digits_model"]      # in a test module (the tests folder is on sys.path)
     python tests/digits_model.py OUT_DIR   # the same model as a file, e.g. for tools/bench_serve.py

@@ -8,8 +8,16 @@ import scipy.signal
 import soundfile
 import torch
 
-from asr.audio import (SAMPLE_RATE, AudioInfo, audio_info, load_audio, load_samples, resample, stream_audio,
-                       stream_samples)
+from asr.audio import (
+    SAMPLE_RATE,
+    AudioInfo,
+    audio_info,
+    load_audio,
+    load_samples,
+    resample,
+    stream_audio,
+    stream_samples,
+)
 from asr.errors import AudioError
 
 LIBRISPEECH_FLAC = "LibriSpeech/test-clean/1089/134686/1089-134686-0001.flac"

@@ -6,8 +6,18 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from asr.augment import (AugmentConfig, Augmenter, add_noise, apply_gain, coloured_noise, hum, mu_law, reverberate,
-                         synthetic_rir, telephone)
+from asr.augment import (
+    AugmentConfig,
+    Augmenter,
+    add_noise,
+    apply_gain,
+    coloured_noise,
+    hum,
+    mu_law,
+    reverberate,
+    synthetic_rir,
+    telephone,
+)
 from asr.config import load_config
 from asr.data.dataset import SpeechDataset
 from asr.data.manifest import Utterance

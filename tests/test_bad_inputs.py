@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from bad_inputs import corpus
+from bad_inputs.corpus import AUDIO_CASE, AUDIO_CASES, MANIFEST_CASES, SAMPLE_RATE, TEXT_CASES
 from torch import nn
 
 import asr.checkpoint
@@ -25,8 +27,6 @@ import asr.train
 from asr.cli import main
 from asr.data import kaldi, librispeech
 from asr.text import CharTokenizer, normalize_text
-from bad_inputs import corpus
-from bad_inputs.corpus import AUDIO_CASE, AUDIO_CASES, MANIFEST_CASES, SAMPLE_RATE, TEXT_CASES
 
 pytest_plugins = ["bad_inputs.fixtures"]  # the bad_corpus fixture
 

@@ -4,8 +4,15 @@ import pickle
 import pytest
 import torch
 
-from asr.checkpoint import (average_model_files, load_checkpoint, load_model, read_plain_data, save_checkpoint,
-                            save_model, write_atomically)
+from asr.checkpoint import (
+    average_model_files,
+    load_checkpoint,
+    load_model,
+    read_plain_data,
+    save_checkpoint,
+    save_model,
+    write_atomically,
+)
 from asr.errors import AsrError, ModelFileError
 from asr.features import FeatureConfig
 from asr.model import ModelConfig

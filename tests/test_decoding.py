@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from asr import decoding
-from asr.decoding import (BeamSearchDecoder, GreedyDecoder, WordLM, align_words, prefix_beam_search, spell_word,
-                          write_lexicon)
+from asr.decoding import (
+    BeamSearchDecoder,
+    GreedyDecoder,
+    WordLM,
+    align_words,
+    prefix_beam_search,
+    spell_word,
+    write_lexicon,
+)
 from asr.errors import AsrError, ConfigError, ManifestError
 
 SHIFT = 0.04

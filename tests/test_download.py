@@ -7,11 +7,11 @@ import tarfile
 import zipfile
 
 import pytest
+from download_server import serve
 
 import asr.download
 from asr.download import download, file_digest, safe_extract, verify_checksum
 from asr.errors import AsrError
-from download_server import serve
 
 # Random bytes, so that a wrongly joined resume cannot match the expected content by accident.
 BODY = os.urandom(300_000)

@@ -18,10 +18,10 @@ from asr.features import (
     Frontend,
     GlobalCMVN,
     LogMel,
+    SpeakerCmvn,
     SpecAugment,
     SpecAugmentConfig,
     estimate_cmvn,
-    SpeakerCmvn,
     estimate_speaker_cmvn,
     load_cmvn,
     mel_filterbank,
@@ -237,8 +237,8 @@ def test_speaker_cmvn_gives_a_speakers_statistics_and_the_default_for_anyone_els
 def test_estimate_speaker_cmvn_leaves_out_unreadable_audio_and_says_so(sentence_paths, tmp_path, caplog):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really")
-    utterances = [SimpleNamespace(audio=sentence_paths[0], speaker="anna"), SimpleNamespace(audio=broken, speaker="anna"),
-                  SimpleNamespace(audio=broken, speaker="bert")]
+    utterances = [SimpleNamespace(audio=sentence_paths[0], speaker="anna"),
+                  SimpleNamespace(audio=broken, speaker="anna"), SimpleNamespace(audio=broken, speaker="bert")]
     stats = estimate_speaker_cmvn(utterances, FeatureConfig(), progress=False)
     assert stats.keys() == {"anna"} and stats["anna"]["utterances"] == 1  # bert has no readable audio
     assert "left out 2 of 3 utterances" in caplog.text and "broken.wav" in caplog.text

@@ -7,10 +7,10 @@ import tarfile
 import numpy as np
 import pytest
 import soundfile
+from download_server import serve
 
 from asr.data.fsdd import check_fsdd_recordings, download_fsdd, find_fsdd_recordings, parse_fsdd_name
 from asr.errors import AsrError
-from download_server import serve
 
 RELEASE_FOLDER = "free-spoken-digit-dataset-1.0.10"
 ARCHIVE_PATH = "/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"

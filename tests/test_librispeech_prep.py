@@ -8,6 +8,7 @@ import tarfile
 
 import pytest
 import soundfile
+from download_server import serve
 
 from asr.data.librispeech import (
     AUDIO_WITHOUT_TRANSCRIPT,
@@ -23,7 +24,6 @@ from asr.data.librispeech import (
     prepare_librispeech,
 )
 from asr.errors import AsrError
-from download_server import serve
 
 # The real utterances under original-formats/LibriSpeech/test-clean, as their .trans.txt files give them.
 REAL_TRANSCRIPTS = {
@@ -57,7 +57,8 @@ def _tar_gz(folder, arcname) -> bytes:
 def test_published_checksums_are_torchaudios():
     from torchaudio.datasets.librispeech import _CHECKSUMS
 
-    torchaudio_checksums = {url.removeprefix("http://www.openslr.org/resources/12/"): sha for url, sha in _CHECKSUMS.items()}
+    prefix = "http://www.openslr.org/resources/12/"
+    torchaudio_checksums = {url.removeprefix(prefix): sha for url, sha in _CHECKSUMS.items()}
     assert {f"{subset}.tar.gz": sha for subset, sha in SUBSETS.items()} == torchaudio_checksums
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from download_server import serve
 
 from asr.checkpoint import save_checkpoint, save_model
 from asr.cli import main as asr_main
@@ -26,7 +27,6 @@ from asr.lm import build_arpa
 from asr.recognizer import Recognizer
 from asr.report import format_report, read_curves, summarize_experiment, write_report
 from asr.text import CharTokenizer, normalize_text
-from download_server import serve
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "librispeech"
@@ -398,8 +398,8 @@ def test_recipe_end_to_end_from_the_download(tmp_path, synthetic_tree, real_test
     options = ["--checksums", str(tmp_path / "checksums.json"), "--config", "debug", "--dev-sets", "dev-clean",
                "--test-sets", "test-clean test-other", "--lms", "3-gram.pruned.1e-7", "--lm-weights", "0.5 1",
                "--word-scores", "0", "--tune-utterances", "0", "--beam", "50", "--cpu-procs", "2"]
-    tiny_training = ["train.max_steps=16", "train.max_minutes=0", "optim.decay_by=steps", "model.num_layers=1", "model.hidden_size=32",
-                     "data.max_seconds=40", "optim.warmup_fraction=0.25"]
+    tiny_training = ["train.max_steps=16", "train.max_minutes=0", "optim.decay_by=steps", "model.num_layers=1",
+                     "model.hidden_size=32", "data.max_seconds=40", "optim.warmup_fraction=0.25"]
 
     with serve(archives) as server:
         result = run_recipe(work, "--mirror", server.base_url, *options, *tiny_training)

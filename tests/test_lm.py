@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from asr.errors import ConfigError, ModelFileError
-from asr.lm import (FALLBACK_DISCOUNTS, Discounts, adjusted_counts, build_arpa, estimate_discounts,
-                    read_arpa_unigrams)
+from asr.lm import FALLBACK_DISCOUNTS, Discounts, adjusted_counts, build_arpa, estimate_discounts, read_arpa_unigrams
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import jiwer
 import pytest
 
 from asr.errors import AsrError, ManifestError
-from asr.scoring import (format_markdown, format_text, read_kaldi_text, results_json, score, write_report)
+from asr.scoring import format_markdown, format_text, read_kaldi_text, results_json, score, write_report
 
 REFS = {"u1": "the cat sat on the mat", "u2": "hello world", "u3": "a b c", "u4": ""}
 HYPS = {"u1": "THE CAT SAD ON MAT", "u2": "hello  big world ", "u4": "uh", "x9": "stray"}  # u3 missing, x9 extra

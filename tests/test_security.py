@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from bad_inputs import corpus
+from bad_inputs.corpus import HOSTILE_MEMBERS
+from download_server import serve
 
 from asr.checkpoint import save_model
 from asr.cli import main
@@ -29,9 +32,6 @@ from asr.features import FeatureConfig
 from asr.model import ModelConfig
 from asr.recognizer import Recognizer
 from asr.text import CharTokenizer
-from bad_inputs import corpus
-from bad_inputs.corpus import HOSTILE_MEMBERS
-from download_server import serve
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny.yaml"

@@ -25,6 +25,7 @@ import numpy as np
 import openai
 import pytest
 import soundfile
+from bad_inputs.corpus import AUDIO_CASES
 from prometheus_client.parser import text_string_to_metric_families
 
 import asr
@@ -32,7 +33,6 @@ from asr.audio import SAMPLE_RATE, load_samples
 from asr.plot import plot_transcript
 from asr.serve import BatchingTranscriber, ServeConfig
 from asr.transcribe import format_srt, format_vtt, transcribe_file
-from bad_inputs.corpus import AUDIO_CASES
 
 pytest_plugins = ["bad_inputs.fixtures", "digits_model"]
 

@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 import soundfile
+from test_serve import Server
 
 import asr
 from asr.audio import SAMPLE_RATE, load_samples, resample
 from asr.transcribe import format_srt, transcribe_file
-from test_serve import Server
 
 pytest_plugins = ["digits_model"]
 

@@ -77,7 +77,7 @@ def test_char_tokenizer_default_alphabet_and_hand_encoded_ids():
     assert tokenizer.tokens == ["<blank>", "|", "'"] + list(string.ascii_uppercase)
     assert tokenizer.vocab_size == 29 and tokenizer.blank_id == 0 and tokenizer.kind == "char"
     # A=3 ... Z=28; "|"=1 between words; "'"=2.
-    h, e, l, o, w, r, d, t, s = (3 + string.ascii_uppercase.index(c) for c in "HELOWRDTS")
+    h, e, l, o, w, r, d, t, s = (3 + string.ascii_uppercase.index(c) for c in "HELOWRDTS")  # noqa: E741 (letter L)
     assert tokenizer.encode("Hello, world!") == [h, e, l, l, o, 1, w, o, r, l, d]
     assert tokenizer.encode("it's") == [3 + 8, t, 2, s]
     assert tokenizer.decode([h, e, 0, l, l, o, 1, 1, w, o, r, l, d, 1]) == "HELLO WORLD"

@@ -14,12 +14,11 @@ import torch
 
 from asr.checkpoint import load_checkpoint, load_model, read_plain_data
 from asr.config import load_config
-from asr.errors import ConfigError
 from asr.data.manifest import Utterance, read_manifest, write_manifest
+from asr.errors import ConfigError
 from asr.features import SpeakerCmvn, estimate_speaker_cmvn
 from asr.metrics import read_metrics
-from asr.train import (Trainer, autocast_dtype, evaluate_loss_and_wer, latest_checkpoint, lr_factor, scales_losses,
-                       train)
+from asr.train import Trainer, autocast_dtype, evaluate_loss_and_wer, latest_checkpoint, lr_factor, scales_losses, train
 
 DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +51,8 @@ def logged_losses(exp_dir):
 
 
 def test_ctc_loss_goes_to_near_zero_when_overfitting_real_utterances(tmp_path, fsdd_dir):
-    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["0_george_5", "1_jackson_5", "7_lucas_5", "3_nicolas_5"])
+    manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl",
+                             ["0_george_5", "1_jackson_5", "7_lucas_5", "3_nicolas_5"])
     config = small_config(manifest, manifest, **{"train.epochs": 150, "specaugment.enabled": "false",
                                                  "optim.schedule": "constant", "train.validate_every": 0})
     model_path = train(config, tmp_path / "exp", progress=False)
@@ -141,7 +141,8 @@ def test_speaker_normalization_trains_and_validates_with_each_speakers_statistic
     trainer.run()
     training_set = {"mean": trainer.model.frontend.cmvn.mean.tolist(), "std": trainer.model.frontend.cmvn.std.tolist()}
     assert training_set["mean"] == pytest.approx(json.loads((tmp_path / "exp" / "cmvn.json").read_text())["mean"])
-    speaker_rows = {speaker: SpeakerCmvn(expected["train"], training_set).rows(speaker) for speaker in expected["train"]}
+    speaker_rows = {speaker: SpeakerCmvn(expected["train"], training_set).rows(speaker)
+                    for speaker in expected["train"]}
     training_rows = [row for rows in given[:2] for row in rows]  # the two training steps, then validation
     assert all(any(torch.allclose(row, known) for known in speaker_rows.values()) for row in training_rows)
     assert {speaker for row in training_rows for speaker, known in speaker_rows.items()

@@ -23,8 +23,17 @@ from asr.features import FeatureConfig, LogMel
 from asr.model import ModelConfig
 from asr.recognizer import Recognizer
 from asr.text import CharTokenizer
-from asr.transcribe import (Transcript, expand_inputs, format_json, format_srt, format_vtt, stitch_windows,
-                            subtitle_cues, transcribe_file, transcribe_files)
+from asr.transcribe import (
+    Transcript,
+    expand_inputs,
+    format_json,
+    format_srt,
+    format_vtt,
+    stitch_windows,
+    subtitle_cues,
+    transcribe_file,
+    transcribe_files,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000

@@ -24,10 +24,10 @@ import librosa
 import numpy as np
 import torch
 import torchaudio
+from provenance import provenance
 
 from asr.audio import load_audio
 from asr.features import FeatureConfig, LogMel
-from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))

@@ -50,6 +50,8 @@ from pathlib import Path
 import soundfile
 import torch
 import torch.nn.functional as F
+from gpu_bench import librispeech_durations
+from provenance import provenance
 from torch import nn
 
 from asr.audio import SAMPLE_RATE, load_audio
@@ -62,8 +64,6 @@ from asr.model import ModelConfig
 from asr.recognizer import Recognizer
 from asr.text import load_tokenizer, normalize_text, save_tokenizer
 from asr.train import autocast_dtype, build_tokenizer
-from gpu_bench import librispeech_durations
-from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))

@@ -53,6 +53,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from provenance import provenance
 from torch import nn
 
 from asr.audio import audio_info, load_audio
@@ -68,7 +69,6 @@ from asr.recognizer import Recognizer
 from asr.text import normalize_text, tokenizer_from_dict
 from asr.train import build_tokenizer
 from asr.transcribe import transcribe_files
-from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASR_SHARED", REPO.parent / "shared"))

@@ -33,12 +33,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torchaudio
-
 import bench_features
 import bench_training
 import bench_transcription
+import torch
+import torchaudio
 from provenance import provenance
 
 SECTIONS = ("training", "transcription", "features")

@@ -43,12 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
+from provenance import provenance
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.data.sampler import DurationBucketSampler
 from asr.model import AcousticModel, ModelConfig, Subsampler
-from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "recipes" / "librispeech" / "conf"

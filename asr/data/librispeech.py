@@ -23,8 +23,15 @@ from tqdm import tqdm
 
 from asr.audio import audio_info
 from asr.data.manifest import PrepReport, Utterance, write_manifest
-from asr.download import (CHUNK_BYTES, already_extracted, check_free_space, download, file_digest, remote_size,
-                          safe_extract)
+from asr.download import (
+    CHUNK_BYTES,
+    already_extracted,
+    check_free_space,
+    download,
+    file_digest,
+    remote_size,
+    safe_extract,
+)
 from asr.errors import AsrError, AudioError, ConfigError, ManifestError
 from asr.text import normalize_text
 

@@ -25,8 +25,8 @@ import torch
 
 from asr.audio import SAMPLE_RATE, load_samples
 from asr.checkpoint import load_model, save_model
-from asr.decoding import GreedyDecoder
 from asr.data.manifest import read_manifest
+from asr.decoding import GreedyDecoder
 from asr.text import normalize_text
 from asr.transcribe import transcribe_file
 
