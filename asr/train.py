@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import inspect
 import json
 import logging
@@ -708,10 +709,12 @@ class Trainer:
             for handler in [h for h in log.handlers if getattr(h, "asr_train_log", False)]:
                 log.removeHandler(handler)
                 handler.close()
-        # DDP holds the process group: let it go before the group is destroyed. The trainer itself may live on until
-        # the interpreter exits (its scheduler's lambda refers to it), and gloo's threads torn down then can abort the
-        # process after a finished run.
+        # Free DDP (and the Reducer that holds the process group) now, before the group is destroyed: DDP is in a
+        # reference cycle, so letting it go frees nothing until a collection, and the trainer itself may live on
+        # until the interpreter exits (its scheduler's lambda refers to it). A DDP freed during interpreter shutdown
+        # now and then aborted a finished worker ("terminate called without an active exception").
         self.ddp_model = self.model
+        gc.collect()
         distributed.stop()
         return model_path
 

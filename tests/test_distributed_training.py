@@ -133,8 +133,19 @@ def start_nodes(manifest, out: str, folders: tuple[Path, Path], *extra) -> list[
 
 
 def wait_for(nodes: list[subprocess.Popen], folders, timeout: float = 300) -> None:
-    for node, folder in zip(nodes, folders):
-        assert node.wait(timeout=timeout) == 0, (folder / "stderr.txt").read_text()[-3000:]
+    """Both nodes' success. A node that fails ends the other at once: a torchrun whose workers finished waits up to
+    300 s (its exit barrier, which its command line cannot shorten) for a node whose worker died."""
+    deadline = time.monotonic() + timeout
+    while any(node.poll() is None for node in nodes) and time.monotonic() < deadline:
+        if any(node.poll() for node in nodes):
+            break
+        time.sleep(0.2)
+    codes = [node.poll() for node in nodes]
+    kill_process_trees([node.pid for node in nodes if node.poll() is None])
+    for node in nodes:
+        node.wait()
+    for code, folder in zip(codes, folders):
+        assert code == 0, (folder / "stderr.txt").read_text()[-3000:]
 
 
 @pytest.mark.slow
