@@ -211,11 +211,17 @@ def transcribe_waveforms(recognizer, waves: Sequence[np.ndarray], decoder=None) 
     waves = [as_samples(wave) for wave in waves]
     started = time.perf_counter()
     with _evaluation_mode(recognizer):
-        hypotheses = _decode_waves(recognizer, decoder, waves)
+        return _transcripts(recognizer, decoder, ["<waveform>"] * len(waves), waves, None, started)
+
+
+def _transcripts(recognizer, decoder, names: list[str], waves: list[np.ndarray], speaker_cmvn: np.ndarray | None,
+                 started: float) -> list[Transcript]:
+    """Decode `waves` as one batch into a Transcript each; the time since `started` is shared out by duration."""
+    hypotheses = _decode_waves(recognizer, decoder, waves, speaker_cmvn)
     elapsed = time.perf_counter() - started
     total_samples = sum(wave.size for wave in waves) or 1
-    return [Transcript("<waveform>", hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words),
-                       elapsed * wave.size / total_samples) for wave, hypothesis in zip(waves, hypotheses)]
+    return [Transcript(name, hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words),
+                       elapsed * wave.size / total_samples) for name, wave, hypothesis in zip(names, waves, hypotheses)]
 
 
 def _plan_batches(indices: list[int], durations: dict[int, float], batch_size: int,
@@ -242,13 +248,10 @@ def _transcribe_batch(recognizer, decoder, paths: dict[int, Path],
         except AudioError as error:
             results[index] = error
     if waves:
-        hypotheses = _decode_waves(recognizer, decoder, list(waves.values()),
-                                   None if speaker_cmvn is None else np.stack([speaker_cmvn[i] for i in waves]))
-        total_samples = sum(wave.size for wave in waves.values())
-        elapsed = time.perf_counter() - started
-        for (index, wave), hypothesis in zip(waves.items(), hypotheses):
-            results[index] = Transcript(str(paths[index]), hypothesis.text, wave.size / SAMPLE_RATE,
-                                        list(hypothesis.words), elapsed * wave.size / total_samples)
+        rows = None if speaker_cmvn is None else np.stack([speaker_cmvn[i] for i in waves])
+        transcripts = _transcripts(recognizer, decoder, [str(paths[i]) for i in waves], list(waves.values()), rows,
+                                   started)
+        results.update(zip(waves, transcripts))
     return results
 
 
