@@ -145,37 +145,10 @@ def cmd_average(args) -> int:
 
 
 def _load_recognizer(args):
-    """The model of --model. A model file on --device (default: cuda when available), torch limited to --threads CPU
-    threads, quantized when --quantize asks; an exported graph (.onnx) on ONNX Runtime with --threads threads, and
-    torch never imported."""
-    from asr.onnx_model import is_onnx_model
+    """The model of --model on --device (default: cuda when available) with --threads, quantized if --quantize asks."""
+    from asr.backend import load_model
 
-    if is_onnx_model(args.model):
-        return _load_onnx_recognizer(args)
-    import torch
-
-    from asr.checkpoint import load_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    recognizer = load_model(args.model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.quantize == "int8":
-        from asr.export import quantize_int8
-
-        recognizer = quantize_int8(recognizer)
-    return recognizer
-
-
-def _load_onnx_recognizer(args):
-    from asr.onnx_model import OnnxRecognizer
-
-    if args.quantize:
-        # ONNX Runtime's dynamic quantization leaves the GRU layers, nearly all of the work, in float32: no faster.
-        raise AsrError(f"{args.model}: --quantize {args.quantize} quantizes a PyTorch model file as it loads; an ONNX "
-                       f"graph runs as it was exported (transcribe the model file with --quantize int8 instead)")
-    if args.device not in (None, "cpu"):
-        raise AsrError(f"{args.model}: an ONNX model runs on the CPU (--device {args.device} is for model files)")
-    return OnnxRecognizer(args.model, threads=args.threads)
+    return load_model(args.model, args.device, threads=args.threads, quantize=args.quantize)
 
 
 def _let_idle_threads_sleep() -> None:
@@ -190,20 +163,10 @@ def _let_idle_threads_sleep() -> None:
 
 
 def _decoder(args, recognizer):
-    """The decoder the decoding options ask for: greedy, unless --decoder beam or a --lm or --lexicon is given.
+    from asr.decoding import make_decoder
 
-    Beam search runs on torch tensors (flashlight through torchaudio, forced alignment for word times): with an ONNX
-    model it works too, and imports torch; greedy decoding does not."""
-    from asr.decoding import BeamSearchDecoder
-    from asr.transcribe import default_decoder
-
-    if args.decoder == "greedy" and (args.lm or args.lexicon):
-        raise AsrError("--lm and --lexicon need the beam-search decoder (--decoder beam)")
-    if args.decoder == "greedy" or (args.decoder is None and not (args.lm or args.lexicon)):
-        return default_decoder(recognizer)  # greedy, with the model file's calibrated word spans if it has them
-    given = {name: getattr(args, name) for name in ("beam_size", "beam_threshold", "lm", "lexicon", "lm_weight",
-                                                     "word_score") if getattr(args, name) is not None}
-    return BeamSearchDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift, **given)
+    return make_decoder(recognizer, args.decoder, lm=args.lm, lexicon=args.lexicon, beam_size=args.beam_size,
+                        beam_threshold=args.beam_threshold, lm_weight=args.lm_weight, word_score=args.word_score)
 
 
 def _output_names(paths: list[Path]) -> dict[Path, str]:
@@ -221,26 +184,23 @@ def cmd_transcribe(args) -> int:
     import time
 
     started = time.perf_counter()  # the real-time factor counts loading the model too
-    from asr.transcribe import OUTPUT_FORMATS, expand_inputs, transcribe_files
-
-    if args.plot:
-        from asr.onnx_model import is_onnx_model
-
-        if is_onnx_model(args.model):
-            raise AsrError(f"{args.model}: --plot draws the features the model reads, which an ONNX graph keeps "
-                           f"inside: plot with the model file it was exported from")
-        from asr.plot import plot_transcript  # matplotlib takes half a second to import: only when plotting
+    from asr.transcribe import OUTPUT_FORMATS, expand_inputs, one_speaker_cmvn, transcribe_files
 
     formats = list(OUTPUT_FORMATS) if args.output_format == "all" else [args.output_format]
     paths = expand_inputs(args.inputs)
     if args.output_dir is None and (len(formats) > 1 or (formats[0] in ("srt", "vtt") and len(paths) > 1)):
         raise AsrError(f"--output-format {args.output_format} for {len(paths)} files needs --output-dir")
     names = _output_names(paths) if args.output_dir or args.plot else {}
+    recognizer = _load_recognizer(args)
+    if args.plot:
+        if not recognizer.exposes_features:
+            raise AsrError(f"{args.model}: --plot draws the features the model reads, which an ONNX graph keeps "
+                           f"inside: plot with the model file it was exported from")
+        from asr.plot import plot_transcript  # matplotlib takes half a second to import: only when plotting
     if args.output_dir:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    recognizer = _load_recognizer(args)
     decoder = _decoder(args, recognizer)
-    speaker_cmvn = _one_speaker_cmvn(recognizer, paths, args.model) if args.one_speaker else None
+    speaker_cmvn = one_speaker_cmvn(recognizer, paths, progress=sys.stderr.isatty()) if args.one_speaker else None
     failed, audio_seconds = 0, 0.0
     for path, transcript in transcribe_files(recognizer, paths, decoder, max_batch_seconds=args.batch_seconds,
                                              chunk_seconds=args.chunk_seconds, progress=sys.stderr.isatty(),
@@ -270,25 +230,6 @@ def cmd_transcribe(args) -> int:
         print(f"asr transcribe: {failed} of {len(paths)} files could not be transcribed", file=sys.stderr)
         return 1
     return 0
-
-
-def _one_speaker_cmvn(recognizer, paths: list[Path], model_path) -> list | None:
-    """For --one-speaker: statistics over all the input files, the same (2, n_mels) array for each; None when no
-    file can be read (transcribing reports each)."""
-    normalization = getattr(getattr(recognizer, "feature_config", None), "normalization", None)
-    if normalization != "speaker":
-        raise AsrError(f"{model_path}: --one-speaker is for models trained with features.normalization: speaker; "
-                       + ("an ONNX graph normalizes each recording alone" if normalization is None
-                          else f"this one normalizes by {normalization!r}"))
-    from types import SimpleNamespace
-
-    from asr.features import cmvn_rows, estimate_speaker_cmvn
-
-    inputs = [SimpleNamespace(audio=path, speaker="inputs") for path in paths]
-    statistics = estimate_speaker_cmvn(inputs, recognizer.feature_config, progress=sys.stderr.isatty())
-    if not statistics:
-        return None
-    return [cmvn_rows(statistics["inputs"]).numpy()] * len(paths)
 
 
 def cmd_evaluate(args) -> int:

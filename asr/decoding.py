@@ -13,6 +13,8 @@ words, each with start and end times and a confidence.
   Word times come from a CTC forced alignment of the hypothesis (`align_words`). It runs on torch tensors (numpy
   arrays are turned into tensors), so it imports torch and torchaudio when built.
 
+`make_decoder(recognizer, ...)` holds the choice between them: greedy, unless beam search or an LM is asked for.
+
 How tokens make words: the character tokenizer writes `|` between words; the BPE tokenizer starts every word with a
 piece that begins with sentencepiece's `▁`. A word's text is the tokenizer's decoding of its tokens.
 
@@ -477,3 +479,21 @@ class BeamSearchDecoder:
 
     def _hypothesis(self, emissions: torch.Tensor, tokens: list[int], score: float | None) -> Hypothesis:
         return _hypothesis(tokens, align_words(emissions, tokens, self.tokenizer, self.frame_shift), score)
+
+
+def make_decoder(recognizer, kind: str | None = None, lm: str | Path | None = None, lexicon: str | Path | None = None,
+                 **beam_options) -> GreedyDecoder | BeamSearchDecoder:
+    """The decoder of a recognizer's output (asr.backend.SpeechRecognizer): greedy, with the model file's calibrated
+    word spans if it has them, unless `kind` is "beam" or an `lm` or `lexicon` is given; then beam search with
+    `beam_options` (beam_size, beam_threshold, lm_weight, word_score; None or absent: its defaults).
+
+    Beam search runs on torch tensors (flashlight through torchaudio, forced alignment for word times): with an ONNX
+    model it works too, and imports torch; greedy decoding does not."""
+    if kind not in (None, "greedy", "beam"):
+        raise ConfigError(f"unknown decoder {kind!r}: greedy or beam")
+    if kind == "greedy" and (lm or lexicon):
+        raise AsrError("--lm and --lexicon need the beam-search decoder (--decoder beam)")
+    if kind == "greedy" or (kind is None and not (lm or lexicon)):
+        return GreedyDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift, word_span=recognizer.word_span)
+    given = {name: value for name, value in dict(beam_options, lm=lm, lexicon=lexicon).items() if value is not None}
+    return BeamSearchDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift, **given)

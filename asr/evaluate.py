@@ -68,14 +68,9 @@ def _speaker_cmvn(recognizer, utterances, progress: bool):
     """For a model normalized by speaker, the (2, n_mels) statistics of each utterance's speaker over the manifest
     (the training set's, which the model holds, for an utterance of no known speaker among others that have one);
     None for any other model, and for a manifest that names no speaker, normalized as `asr transcribe` does."""
-    feature_config = getattr(recognizer, "feature_config", None)  # an ONNX graph has none: it normalizes alone
-    if feature_config is None or feature_config.normalization != "speaker" or \
-            all(utterance.speaker is None for utterance in utterances):
+    if recognizer.normalization != "speaker" or all(utterance.speaker is None for utterance in utterances):
         return None
-    from asr.features import SpeakerCmvn, estimate_speaker_cmvn
-
-    training_set = {"mean": recognizer.frontend.cmvn.mean.tolist(), "std": recognizer.frontend.cmvn.std.tolist()}
-    statistics = SpeakerCmvn(estimate_speaker_cmvn(utterances, feature_config, progress=progress), training_set)
+    statistics = recognizer.speaker_cmvn(utterances, progress=progress)
     return [statistics.rows(utterance.speaker).numpy() for utterance in utterances]
 
 

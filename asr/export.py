@@ -30,7 +30,6 @@ from torch import nn
 from asr.errors import AsrError
 from asr.features import LogMel
 from asr.onnx_model import ONNX_INPUTS, ONNX_OUTPUTS, onnx_metadata
-from asr.transcribe import edge_pad_seconds
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +125,6 @@ def export_onnx(recognizer, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     model = onnx.load_from_string(graph.getvalue())
     onnx.helper.set_model_props(model, onnx_metadata(recognizer.tokenizer, recognizer.frame_shift,
                                                      recognizer.describe(),
-                                                     edge_pad_seconds=edge_pad_seconds(recognizer)))
+                                                     edge_pad_seconds=recognizer.edge_pad_seconds))
     onnx.save(model, str(path))
     return path

@@ -11,12 +11,12 @@ and `out_lengths` (B,). What it takes to read those outputs travels in the same 
     sample_rate         the audio rate the graph expects, "16000"
     description         the model's dimensions, as `Recognizer.describe()` words them
     edge_pad_seconds    optional: the seconds of noise floor transcription lays at each edge of a recording
-                        (asr.transcribe.edge_pad_seconds), e.g. "0.2"; absent for a model without it
+                        (asr.transcribe.EDGE_FLOOR_DBFS), e.g. "0.2"; absent for a model without it
 
-`OnnxRecognizer` loads such a file and stands where `asr.transcribe` expects a Recognizer, with numpy arrays in and
-out. Nothing here imports torch: a deployment that only transcribes needs onnxruntime, numpy and soundfile, and
-`asr transcribe model.onnx` starts without torch's import (1.7 s on the 2-core benchmark machine, 0.0025 of real
-time over the 658 s benchmark set, where the whole budget is 0.01).
+`OnnxRecognizer` loads such a file and implements the recognizer interface (asr.backend.SpeechRecognizer), with
+numpy arrays in and out, so that `asr.transcribe` runs it as it runs a PyTorch model. Nothing here imports torch: a
+deployment that only transcribes needs onnxruntime, numpy and soundfile, and `asr transcribe model.onnx` starts
+without paying for torch's import (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -35,11 +35,6 @@ ONNX_FORMAT = "asr-onnx"
 ONNX_FORMAT_VERSION = 1
 
 
-def is_onnx_model(path) -> bool:
-    """Whether a model path names an exported graph (by its suffix), to be run here rather than loaded by torch."""
-    return Path(path).suffix.lower() == ".onnx"
-
-
 def onnx_metadata(tokenizer: Tokenizer, frame_shift: float, description: str,
                   sample_rate: int = SAMPLE_RATE, edge_pad_seconds: float = 0.0) -> dict[str, str]:
     """The metadata properties an exported graph carries (see the module's docstring)."""
@@ -53,7 +48,8 @@ def onnx_metadata(tokenizer: Tokenizer, frame_shift: float, description: str,
 
 class OnnxRecognizer:
     """An `asr export` file in an ONNX Runtime session (CPU): (B, S) float32 audio and (B,) int64 lengths in, (B, T, V)
-    CTC log-probabilities and (B,) output lengths out, as numpy arrays; with the file's tokenizer and frame shift.
+    CTC log-probabilities and (B,) output lengths out, as numpy arrays; with the file's tokenizer, frame shift and
+    edge floor. A SpeechRecognizer (asr.backend).
 
     `threads` is ONNX Runtime's intra-op thread count (None: its default, one a physical core). `spin` lets idle
     threads spin between operations, as ONNX Runtime does by default; None follows OMP_WAIT_POLICY, the variable that
@@ -86,19 +82,33 @@ class OnnxRecognizer:
                                  f"{ONNX_INPUTS} and {ONNX_OUTPUTS}")
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.tokenizer, self.frame_shift, self.sample_rate, self.description = _read_metadata(path, metadata)
-        # What asr.transcribe reads from a model file's metadata, as it reads it from a Recognizer's.
         try:
-            self.metadata = {"edge_pad_seconds": float(metadata.get("edge_pad_seconds", 0.0))}
+            self.edge_pad_seconds = float(metadata.get("edge_pad_seconds", 0.0))
         except ValueError as error:
             raise ModelFileError(f"{path}: unreadable metadata ({error})") from error
         self.source_path = str(path)
 
-    def __call__(self, audio: np.ndarray, audio_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # The graph holds its normalization inside and keeps its features there; the export carries no word spans.
+    word_span = None
+    normalization = None
+    exposes_features = False
+
+    def log_probs(self, audio: np.ndarray, audio_lengths: np.ndarray,
+                  speaker_cmvn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(B, S) 16 kHz audio and lengths → (B, T, V) CTC log-probabilities and output lengths."""
+        if speaker_cmvn is not None:
+            raise self._no_speaker_statistics()
         feeds = {"audio": np.ascontiguousarray(audio, dtype=np.float32),
                  "audio_lengths": np.ascontiguousarray(audio_lengths, dtype=np.int64)}
         log_probs, out_lengths = self.session.run(list(ONNX_OUTPUTS), feeds)
         return log_probs, out_lengths
+
+    def speaker_cmvn(self, utterances, progress: bool = False):
+        raise self._no_speaker_statistics()
+
+    def _no_speaker_statistics(self) -> AsrError:
+        return AsrError(f"{self.source_path}: an exported ONNX graph normalizes each recording alone: it cannot take "
+                        f"a speaker's statistics; use the model file it was exported from")
 
     @property
     def threads(self) -> int:
@@ -110,7 +120,7 @@ class OnnxRecognizer:
 
     def transcribe(self, audio, **options):
         """Transcribe a file path (or a 16 kHz waveform); see asr.transcribe.transcribe_file for options."""
-        from asr.transcribe import transcribe_file  # it imports this module, for the type of recognizer
+        from asr.transcribe import transcribe_file  # imported when used: `asr export` needs only the metadata
 
         return transcribe_file(self, audio, **options)
 

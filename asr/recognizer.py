@@ -3,15 +3,18 @@
 It joins the three parts that must travel together: the feature frontend (log-mel, CMVN statistics, SpecAugment while
 training), the acoustic model (Conv2d subsampling, bidirectional GRUs, CTC head) and the tokenizer that gives the
 model's outputs their meaning. Audio goes in, CTC log-probabilities come out.
+
+It is the PyTorch back end of the recognizer interface (asr.backend.SpeechRecognizer), which transcription reads.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch import nn
 
-from asr.features import FeatureConfig, Frontend, SpecAugmentConfig
+from asr.features import FeatureConfig, Frontend, SpeakerCmvn, SpecAugmentConfig, estimate_speaker_cmvn
 from asr.model import AcousticModel, ModelConfig
 from asr.text import tokenizer_from_dict
 
@@ -33,6 +36,8 @@ class Recognizer(nn.Module):
         with nullcontext() if initialize else torch.device("meta"):
             self.acoustic = AcousticModel(model_config)
         self.source_path: str | None = None  # the model file it was loaded from, if any
+        # What the model file says besides the weights (see asr.checkpoint): e.g. edge_pad_seconds, word_span.
+        self.metadata: dict = {}
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor,
                 speaker_cmvn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +54,43 @@ class Recognizer(nn.Module):
     def frame_shift(self) -> float:
         """Seconds between two output frames (40 ms for a 10 ms hop and 4× subsampling)."""
         return self.feature_config.hop_ms / 1000.0 * self.acoustic.subsampling_factor
+
+    # -- the recognizer interface (asr.backend.SpeechRecognizer)
+
+    @property
+    def edge_pad_seconds(self) -> float:
+        return float(self.metadata.get("edge_pad_seconds") or 0.0)
+
+    @property
+    def word_span(self):
+        return self.metadata.get("word_span")
+
+    @property
+    def normalization(self) -> str:
+        return self.feature_config.normalization
+
+    exposes_features = True
+
+    def log_probs(self, audio: np.ndarray, audio_lengths: np.ndarray,
+                  speaker_cmvn: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) float32 audio and (B,) lengths as numpy arrays → (B, T, V) log-probabilities and (B,) lengths as
+        tensors on the model's device, in eval mode (the caller's training mode back afterwards) and inference
+        mode. `speaker_cmvn`: (B, 2, n_mels) or None."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                device = self.device
+                rows = None if speaker_cmvn is None else torch.from_numpy(speaker_cmvn)
+                return self(torch.from_numpy(audio).to(device), torch.from_numpy(audio_lengths).to(device), rows)
+        finally:
+            self.train(was_training)
+
+    def speaker_cmvn(self, utterances, progress: bool = False) -> SpeakerCmvn:
+        """Each speaker's statistics over `utterances` (objects with `.audio` and `.speaker`), and the training set's
+        (which the model holds) for an utterance of no known speaker."""
+        training_set = {"mean": self.frontend.cmvn.mean.tolist(), "std": self.frontend.cmvn.std.tolist()}
+        return SpeakerCmvn(estimate_speaker_cmvn(utterances, self.feature_config, progress=progress), training_set)
 
     def describe(self) -> str:
         acoustic = self.acoustic.describe(input_frame_rate=1000.0 / self.feature_config.hop_ms)

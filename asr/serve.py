@@ -55,7 +55,6 @@ from starlette.staticfiles import StaticFiles
 
 from asr.audio import SAMPLE_RATE, audio_info, load_samples
 from asr.errors import AsrError, AudioError, ConfigError
-from asr.onnx_model import OnnxRecognizer
 from asr.transcribe import (
     AUDIO_EXTENSIONS,
     Transcript,
@@ -603,7 +602,7 @@ class Server:
         self.transcriber = BatchingTranscriber(recognizer, config, decoder, self.metrics)
         self.upload_dir: Path | None = None
         # The picture needs the features and posteriors the model computes, which an exported graph keeps inside.
-        self.can_plot = not isinstance(recognizer, OnnxRecognizer)
+        self.can_plot = recognizer.exposes_features
         # Pictures are drawn on Starlette's thread pool, one at a time: matplotlib takes a CPU for a second or so,
         # and the inference thread should keep the others.
         self._plotting = asyncio.Semaphore(1)

@@ -7,9 +7,8 @@ whatever the recording's length: an hour of audio never lies in memory as sample
 
 A transcript turns into plain text, one JSON object, or SRT / WebVTT subtitles (`OUTPUT_FORMATS`).
 
-The recognizer is a PyTorch `Recognizer` (asr.recognizer) or an `OnnxRecognizer` (asr.onnx_model), and both go
-through the same pipeline: audio is read and batched as numpy arrays, and only `_decode_waves` tells the two apart,
-handing a torch module its batch as tensors on its device and the ONNX Runtime session its numpy arrays. So with an
+The recognizer is any back end of the recognizer interface (asr.backend.SpeechRecognizer): a PyTorch `Recognizer`
+or an `OnnxRecognizer`. Audio is read and batched as numpy arrays and handed to `recognizer.log_probs`, so with an
 ONNX model this module never imports torch.
 """
 from __future__ import annotations
@@ -20,21 +19,21 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, as_samples, audio_info, load_samples, stream_samples
-from asr.decoding import GreedyDecoder, Word
+from asr.decoding import Word, make_decoder
 from asr.errors import AsrError, AudioError
-from asr.onnx_model import OnnxRecognizer
 
 if TYPE_CHECKING:
     import torch
+
+    from asr.backend import SpeechRecognizer
 
 # What a folder given as input is searched for (case-insensitively).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".sph", ".webm")
@@ -115,23 +114,17 @@ def _duration(path: Path) -> float:
 # Transcribing
 
 
-def default_decoder(recognizer) -> GreedyDecoder:
-    """Greedy CTC decoding with the recognizer's tokenizer, frame shift and calibrated word spans, if any."""
-    return GreedyDecoder(recognizer.tokenizer, frame_shift=recognizer.frame_shift,
-                         word_span=getattr(recognizer, "metadata", {}).get("word_span"))
-
-
-def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, decoder=None,
+def transcribe_file(recognizer: SpeechRecognizer, audio: str | Path | torch.Tensor | np.ndarray, decoder=None,
                     chunk_seconds: float = 30.0, overlap_seconds: float = 5.0,
                     speaker_cmvn: np.ndarray | None = None) -> Transcript:
     """Transcribe one recording: a file path, or a 16 kHz mono waveform (S,), a tensor or a numpy array.
 
     Up to `chunk_seconds` the recording is decoded whole; a longer one in windows of `chunk_seconds` overlapping by
-    `overlap_seconds`, read from the file one window at a time. `decoder` defaults to greedy decoding. Raises
+    `overlap_seconds`, read from the file one window at a time. `decoder` defaults to `make_decoder`'s. Raises
     AudioError for a file that cannot be read. `speaker_cmvn` (2, n_mels): its speaker's mean and standard
     deviation, for a model normalized by speaker (without them, as `asr.features.training_set_at_own_level` says).
     """
-    decoder = decoder or default_decoder(recognizer)
+    decoder = decoder or make_decoder(recognizer)
     started = time.perf_counter()
     is_waveform = not isinstance(audio, (str, os.PathLike))
     if is_waveform:
@@ -140,21 +133,20 @@ def transcribe_file(recognizer, audio: str | Path | torch.Tensor | np.ndarray, d
     else:
         name, duration = str(audio), _duration(Path(audio))
     speaker_rows = None if speaker_cmvn is None else speaker_cmvn[None]  # a batch of one
-    with _evaluation_mode(recognizer):
-        if duration <= chunk_seconds:
-            wave = audio if is_waveform else load_samples(audio)
-            (hypothesis,) = _decode_waves(recognizer, decoder, [wave], speaker_rows)
-            transcript = Transcript(name, hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words))
-        else:
-            windows = (_slide_windows(audio, chunk_seconds, overlap_seconds) if is_waveform
-                       else stream_samples(audio, chunk_seconds, overlap_seconds=overlap_seconds))
-            words = stitch_windows(_decode_windows(recognizer, decoder, windows, speaker_rows))
-            transcript = Transcript(name, " ".join(word.word for word in words), duration, words)
+    if duration <= chunk_seconds:
+        wave = audio if is_waveform else load_samples(audio)
+        (hypothesis,) = _decode_waves(recognizer, decoder, [wave], speaker_rows)
+        transcript = Transcript(name, hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words))
+    else:
+        windows = (_slide_windows(audio, chunk_seconds, overlap_seconds) if is_waveform
+                   else stream_samples(audio, chunk_seconds, overlap_seconds=overlap_seconds))
+        words = stitch_windows(_decode_windows(recognizer, decoder, windows, speaker_rows))
+        transcript = Transcript(name, " ".join(word.word for word in words), duration, words)
     transcript.compute_seconds = time.perf_counter() - started
     return transcript
 
 
-def transcribe_files(recognizer, paths: Iterable[str | Path], decoder=None, batch_size: int = 16,
+def transcribe_files(recognizer: SpeechRecognizer, paths: Iterable[str | Path], decoder=None, batch_size: int = 16,
                      max_batch_seconds: float = 240.0, chunk_seconds: float = 30.0, overlap_seconds: float = 5.0,
                      progress: bool = False, speaker_cmvn: Sequence[np.ndarray] | None = None
                      ) -> Iterator[tuple[Path, Transcript | AsrError]]:
@@ -165,7 +157,7 @@ def transcribe_files(recognizer, paths: Iterable[str | Path], decoder=None, batc
     audio, shortest first; longer ones are windowed as in `transcribe_file`. Runs on the recognizer's device.
     `speaker_cmvn`, one (2, n_mels) array a path: the speaker statistics `transcribe_file` takes.
     """
-    decoder = decoder or default_decoder(recognizer)
+    decoder = decoder or make_decoder(recognizer)
     paths = [Path(p) for p in paths]
     results: dict[int, Transcript | AsrError] = {}
     durations: dict[int, float] = {}
@@ -180,8 +172,7 @@ def transcribe_files(recognizer, paths: Iterable[str | Path], decoder=None, batc
     groups = _plan_batches(short, durations, batch_size, max_batch_seconds) + [[i] for i in windowed]
 
     next_to_yield = 0  # results go out in the order of `paths`, each as soon as those before it are out
-    with tqdm(total=sum(durations.values()), unit="s", desc="transcribe", disable=not progress) as bar, \
-            _evaluation_mode(recognizer):
+    with tqdm(total=sum(durations.values()), unit="s", desc="transcribe", disable=not progress) as bar:
         for group in groups:
             if durations[group[0]] > chunk_seconds:
                 try:
@@ -201,17 +192,16 @@ def transcribe_files(recognizer, paths: Iterable[str | Path], decoder=None, batc
         next_to_yield += 1
 
 
-def transcribe_waveforms(recognizer, waves: Sequence[np.ndarray], decoder=None) -> list[Transcript]:
+def transcribe_waveforms(recognizer: SpeechRecognizer, waves: Sequence[np.ndarray], decoder=None) -> list[Transcript]:
     """Transcribe 16 kHz mono float32 waveforms already in memory, decoded together as one zero-padded batch: one
     Transcript a waveform, in order, each named "<waveform>". For recordings up to a window long; a longer one goes
     through `transcribe_file`, which decodes it window by window. The batch's time is shared by duration."""
     if not waves:
         return []
-    decoder = decoder or default_decoder(recognizer)
+    decoder = decoder or make_decoder(recognizer)
     waves = [as_samples(wave) for wave in waves]
     started = time.perf_counter()
-    with _evaluation_mode(recognizer):
-        return _transcripts(recognizer, decoder, ["<waveform>"] * len(waves), waves, None, started)
+    return _transcripts(recognizer, decoder, ["<waveform>"] * len(waves), waves, None, started)
 
 
 def _transcripts(recognizer, decoder, names: list[str], waves: list[np.ndarray], speaker_cmvn: np.ndarray | None,
@@ -222,6 +212,30 @@ def _transcripts(recognizer, decoder, names: list[str], waves: list[np.ndarray],
     total_samples = sum(wave.size for wave in waves) or 1
     return [Transcript(name, hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words),
                        elapsed * wave.size / total_samples) for name, wave, hypothesis in zip(names, waves, hypotheses)]
+
+
+class Recording(NamedTuple):
+    """A recording and its speaker: what speaker statistics are estimated from."""
+
+    audio: Path
+    speaker: str
+
+
+def one_speaker_cmvn(recognizer: SpeechRecognizer, paths: Sequence[Path],
+                     progress: bool = False) -> list[np.ndarray] | None:
+    """For recordings all of one speaker (`asr transcribe --one-speaker`): the statistics of all of them together,
+    by which a model normalized by speaker normalizes each, as `transcribe_files` takes them (the same (2, n_mels)
+    array for each path); None when no file can be read (transcribing reports each). AsrError for a model that is
+    not normalized by speaker."""
+    if recognizer.normalization != "speaker":
+        how = ("an ONNX graph normalizes each recording alone" if recognizer.normalization is None
+               else f"this one normalizes by {recognizer.normalization!r}")
+        raise AsrError(f"{recognizer.source_path}: --one-speaker is for models trained with features.normalization: "
+                       f"speaker; {how}")
+    statistics = recognizer.speaker_cmvn([Recording(path, "inputs") for path in paths], progress=progress)
+    if "inputs" not in statistics.by_speaker:
+        return None
+    return [statistics.rows("inputs").numpy()] * len(paths)
 
 
 def _plan_batches(indices: list[int], durations: dict[int, float], batch_size: int,
@@ -255,18 +269,13 @@ def _transcribe_batch(recognizer, decoder, paths: dict[int, Path],
     return results
 
 
-def edge_pad_seconds(recognizer) -> float:
-    """Seconds of noise floor the recognizer's model file asks to hear at each edge of a recording (0: none)."""
-    return float(getattr(recognizer, "metadata", {}).get("edge_pad_seconds") or 0.0)
-
-
 def _decode_waves(recognizer, decoder, waves: list[np.ndarray], speaker_cmvn: np.ndarray | None = None) -> list:
-    """Hypotheses for a list of float32 waveforms, decoded as one zero-padded batch: by the ONNX Runtime session as
-    numpy arrays, or by a torch module as tensors on its device. `speaker_cmvn`: (B, 2, n_mels) or None.
+    """Hypotheses for a list of float32 waveforms, decoded as one zero-padded batch. `speaker_cmvn`: (B, 2, n_mels)
+    or None.
 
-    With the model's edge padding (`edge_pad_seconds`), each waveform is decoded between its floors, and word times
-    come back in the waveform's own time, within it."""
-    pad = round(edge_pad_seconds(recognizer) * SAMPLE_RATE)
+    With the model's edge floor (`recognizer.edge_pad_seconds`), each waveform is decoded between its floors, and
+    word times come back in the waveform's own time, within it."""
+    pad = round(recognizer.edge_pad_seconds * SAMPLE_RATE)
     if not pad:
         return _decode_batch(recognizer, decoder, waves, speaker_cmvn)
     noise = np.random.default_rng(0).standard_normal(2 * pad).astype(np.float32)
@@ -297,34 +306,7 @@ def _decode_batch(recognizer, decoder, waves: list[np.ndarray], speaker_cmvn: np
     batch = np.zeros((len(waves), lengths.max()), dtype=np.float32)
     for row, wave in enumerate(waves):
         batch[row, :wave.size] = wave
-    if isinstance(recognizer, OnnxRecognizer):
-        if speaker_cmvn is not None:
-            raise AsrError("an exported ONNX graph normalizes each recording alone: it cannot take a speaker's "
-                           "statistics; use the model file it was exported from")
-        return decoder.decode(*recognizer(batch, lengths))
-    import torch  # loaded already: the recognizer is a torch module
-
-    with torch.inference_mode():
-        device = recognizer.device
-        inputs = [torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device)]
-        if speaker_cmvn is not None:  # only then: a recognizer of another normalization takes two arguments
-            inputs.append(torch.from_numpy(speaker_cmvn))
-        log_probs, out_lengths = recognizer(*inputs)
-        return decoder.decode(log_probs, out_lengths)
-
-
-@contextmanager
-def _evaluation_mode(recognizer):
-    """Dropout and SpecAugment off while transcribing; the caller's training mode back afterwards."""
-    if isinstance(recognizer, OnnxRecognizer):  # an exported graph only infers: it has no training mode
-        yield
-        return
-    was_training = recognizer.training
-    recognizer.eval()
-    try:
-        yield
-    finally:
-        recognizer.train(was_training)
+    return decoder.decode(*recognizer.log_probs(batch, lengths, speaker_cmvn))
 
 
 # ----------------------------------------------------------------------------------------------------------------

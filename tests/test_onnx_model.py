@@ -104,18 +104,18 @@ def test_export_carries_the_tokenizer_frame_shift_and_sample_rate(tmp_path, data
 
 
 def test_export_carries_the_models_edge_floor_and_both_backends_hear_it(speech, tmp_path):
-    """A model file asking for an edge floor (asr.transcribe.edge_pad_seconds) exports the request with the graph,
+    """A model file asking for an edge floor (SpeechRecognizer.edge_pad_seconds) exports the request with the graph,
     and the exported graph transcribes as the model file does; a model without one exports no such property."""
     recognizer = peaky_recognizer()
     bare = export_onnx(recognizer, tmp_path / "bare.onnx")
     assert "edge_pad_seconds" not in {p.key for p in onnx.load(str(bare)).metadata_props}
-    assert OnnxRecognizer(bare, threads=1).metadata == {"edge_pad_seconds": 0.0}
+    assert OnnxRecognizer(bare, threads=1).edge_pad_seconds == 0.0
 
     recognizer.metadata = {"edge_pad_seconds": 0.2}
     path = export_onnx(recognizer, tmp_path / "model.onnx")
     assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}["edge_pad_seconds"] == "0.2"
     loaded = OnnxRecognizer(path, threads=1)
-    assert loaded.metadata == {"edge_pad_seconds": 0.2}
+    assert loaded.edge_pad_seconds == recognizer.edge_pad_seconds == 0.2
     for audio in speech[:2]:
         assert_same_transcripts([transcribe_file(loaded, audio).to_dict()],
                                 [transcribe_file(recognizer, audio).to_dict()])

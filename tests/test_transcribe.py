@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from asr.audio import audio_info, load_audio
 from asr.checkpoint import save_model
@@ -49,35 +47,42 @@ def tiny_recognizer(seed=0):
     return Recognizer(config, FeatureConfig(normalization="utterance"), CharTokenizer()).eval()
 
 
-class FrameRecognizer(nn.Module):
-    """A recognizer whose output at each 40 ms frame is a known function of that frame's own samples: what it
-    hears somewhere does not depend on where a window starts or ends, so windowed and whole transcripts must agree.
-    It records the length of every batch it is given."""
+class FrameRecognizer:
+    """A recognizer (asr.backend.SpeechRecognizer) whose output at each 40 ms frame is a known function of that
+    frame's own samples: what it hears somewhere does not depend on where a window starts or ends, so windowed and
+    whole transcripts must agree. It records the shape of every batch it is given, and keeps the last one."""
 
-    def __init__(self, token_of_frames):
-        super().__init__()
+    normalization = "utterance"
+    exposes_features = False
+    word_span = None
+    source_path = None
+
+    def __init__(self, token_of_frames, edge_pad_seconds=0.0):
         self.tokenizer = TOKENIZER
         self.frame_shift = SAMPLES_PER_FRAME / SAMPLE_RATE
+        self.edge_pad_seconds = edge_pad_seconds
         self.token_of_frames = token_of_frames  # (B, T, 640) samples → (B, T) token ids
-        self.register_buffer("anchor", torch.zeros(()))
         self.batch_shapes = []
+        self.heard = None
 
-    @property
-    def device(self):
-        return self.anchor.device
-
-    def forward(self, audio, audio_lengths):
+    def log_probs(self, audio, audio_lengths, speaker_cmvn=None):
         self.batch_shapes.append(tuple(audio.shape))
+        self.heard = audio.copy()
         frames = math.ceil(audio.shape[1] / SAMPLES_PER_FRAME)
-        padded = F.pad(audio, (0, frames * SAMPLES_PER_FRAME - audio.shape[1]))
-        ids = self.token_of_frames(padded.view(audio.shape[0], frames, SAMPLES_PER_FRAME))
-        log_probs = F.log_softmax(10.0 * F.one_hot(ids, TOKENIZER.vocab_size).float(), dim=-1)
-        return log_probs, torch.div(audio_lengths + SAMPLES_PER_FRAME - 1, SAMPLES_PER_FRAME, rounding_mode="floor")
+        padded = np.pad(audio, ((0, 0), (0, frames * SAMPLES_PER_FRAME - audio.shape[1])))
+        ids = self.token_of_frames(padded.reshape(audio.shape[0], frames, SAMPLES_PER_FRAME))
+        return certain(ids, TOKENIZER.vocab_size), (audio_lengths + SAMPLES_PER_FRAME - 1) // SAMPLES_PER_FRAME
+
+
+def certain(ids, vocab_size):
+    """(B, T) token ids → (B, T, V) float32 log-probabilities that make each frame's token near certain."""
+    logits = 10.0 * np.eye(vocab_size, dtype=np.float32)[ids]
+    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
 
 
 def spelled_token(frames):
     """The token whose id is 100 × the frame's middle sample (0, silence, is the blank)."""
-    return torch.round(frames[..., SAMPLES_PER_FRAME // 2] * 100).long().clamp(0, TOKENIZER.vocab_size - 1)
+    return np.clip(np.round(frames[..., SAMPLES_PER_FRAME // 2] * 100), 0, TOKENIZER.vocab_size - 1).astype(np.int64)
 
 
 def spoken_words(count, seed=0):
@@ -97,8 +102,8 @@ def spoken_words(count, seed=0):
 
 def energy_token(frames):
     """"A" for a frame louder than -30 dBFS RMS, `|` otherwise: one word a burst of speech."""
-    loud = frames.pow(2).mean(dim=-1).sqrt() > 10 ** (-30 / 20)
-    return torch.where(loud, TOKENIZER.tokens.index("A"), DELIMITER_ID)
+    loud = np.sqrt(np.mean(np.square(frames), axis=-1)) > 10 ** (-30 / 20)
+    return np.where(loud, TOKENIZER.tokens.index("A"), DELIMITER_ID)
 
 
 def word(text, start, end):
@@ -204,9 +209,9 @@ def test_an_hour_of_audio_is_transcribed_in_bounded_memory(tmp_path):
         recognizer = Recognizer(config, FeatureConfig(normalization="utterance"), tokenizer).eval()
         lengths = []
         forward = recognizer.forward
-        def recording_forward(audio, audio_lengths):
+        def recording_forward(audio, audio_lengths, speaker_cmvn=None):
             lengths.append(audio.shape[1])
-            return forward(audio, audio_lengths)
+            return forward(audio, audio_lengths, speaker_cmvn)
         recognizer.forward = recording_forward
         transcribe_file(recognizer, torch.zeros(30 * 16000), chunk_seconds=30.0)  # warm up allocators
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -428,14 +433,6 @@ def test_cli_one_speaker_needs_a_model_normalized_by_speaker(model_file, data_di
 # The edge floor a model file asks for
 
 
-class HearingRecognizer(FrameRecognizer):
-    """A FrameRecognizer that keeps each batch of audio it hears."""
-
-    def forward(self, audio, audio_lengths):
-        self.heard = audio.numpy().copy()
-        return super().forward(audio, audio_lengths)
-
-
 @pytest.mark.parametrize("name", ["0_george_0.wav", "7_theo_3.wav"])
 def test_an_edge_floor_continues_a_real_recordings_own_floor(fsdd_dir, name):
     """FSDD's takes are trimmed to the word. A model file asking for 0.2 s of edge floor hears the recording between
@@ -444,8 +441,7 @@ def test_an_edge_floor_continues_a_real_recordings_own_floor(fsdd_dir, name):
     wave = load_audio(fsdd_dir / name).numpy()
     frames = wave[:wave.size // 160 * 160].reshape(-1, 160).astype(np.float64)
     expected_db = np.clip(10 * np.log10((frames ** 2).mean(axis=1).min()), -90, -55)
-    spy = HearingRecognizer(energy_token)
-    spy.metadata = {"edge_pad_seconds": 0.2}
+    spy = FrameRecognizer(energy_token, edge_pad_seconds=0.2)
     transcribe_file(spy, fsdd_dir / name)
     heard, pad = spy.heard[0], round(0.2 * SAMPLE_RATE)
     assert heard.size == wave.size + 2 * pad
@@ -463,8 +459,7 @@ def test_an_edge_floor_leaves_word_times_in_the_recordings_own_time(data_dir):
     wave[:3 * SAMPLES_PER_FRAME] = 0.5  # speech from the first sample, as in a tightly trimmed file
     wave[8 * SAMPLES_PER_FRAME:11 * SAMPLES_PER_FRAME] = 0.5
     bare = transcribe_file(FrameRecognizer(energy_token), wave)
-    spy = FrameRecognizer(energy_token)
-    spy.metadata = {"edge_pad_seconds": 0.2}
+    spy = FrameRecognizer(energy_token, edge_pad_seconds=0.2)
     padded = transcribe_file(spy, wave)
     assert spy.batch_shapes == [(1, wave.size + 2 * round(0.2 * SAMPLE_RATE))]
     assert [w.word for w in bare.words] == ["A", "A"]

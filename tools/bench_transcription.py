@@ -247,10 +247,7 @@ def largest_log_prob_change(variant, reference: Recognizer, files: list[Path]) -
     with torch.inference_mode():
         expected, out_lengths = reference(batch, lengths)
         torch.set_num_threads(threads)
-        if isinstance(recognizer, OnnxRecognizer):  # numpy in and out
-            got = torch.from_numpy(recognizer(batch.numpy(), lengths.numpy())[0])
-        else:
-            got, _ = recognizer(batch, lengths)
+        got = torch.as_tensor(recognizer.log_probs(batch.numpy(), lengths.numpy())[0])
     valid = torch.arange(expected.size(1))[None, :] < out_lengths[:, None]
     return float((got - expected).abs()[valid].max())
 
