@@ -137,6 +137,17 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def checkpoints_to_average(exp_dir: str | Path, num: int, best: bool = False) -> list[Path]:
+    """The files of an experiment worth averaging: of those the trainer keeps in `exp_dir/checkpoints`, the `num` best
+    model files by dev WER (`best-*.pt`) with `best`, else the `num` latest checkpoints (`ckpt-*.pt`)."""
+    folder = Path(exp_dir) / "checkpoints"
+    if best:
+        found = sorted(folder.glob("best-*.pt"), key=lambda path: read_plain_data(path)["metadata"]["dev_wer"])
+        return found[:num]
+    found = sorted(folder.glob("ckpt-*.pt"), key=lambda path: int(path.stem.split("-")[1]))
+    return found[-num:]
+
+
 def average_model_files(paths: list[str | Path], out_path: str | Path) -> dict:
     """Average the weights of several model files or checkpoints of one run; writes a model file, returns it.
 

@@ -35,7 +35,7 @@ class DataConfig:
     num_workers: int = 2
     speed_factors: list[float] = field(default_factory=lambda: [1.0])
     sortagrad: bool = False  # first epoch in order of length (DeepSpeech 2): eases CTC off its blank plateau
-    cmvn: str = ""  # global CMVN statistics from `asr features`; empty: estimated from the training manifest
+    cmvn: str = ""  # global CMVN statistics from `asr cmvn`; empty: estimated from the training manifest
 
     def __post_init__(self):
         if not self.max_seconds > 0:

@@ -508,7 +508,7 @@ class Frontend(nn.Module):
         if cfg.normalization in ("global", "speaker") and cmvn_stats is None:
             raise ConfigError(
                 f"features.normalization is {cfg.normalization!r} but no CMVN statistics were given: estimate them "
-                "first with `asr features --manifest train.jsonl --cmvn-out cmvn.json`, or set "
+                "first with `asr cmvn --manifest train.jsonl --out cmvn.json`, or set "
                 "features.normalization to 'utterance'"
             )
         self.cfg = cfg

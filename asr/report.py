@@ -6,7 +6,7 @@
                                             an epoch and in all), train loss every few steps, each validation
     exp/NAME/checkpoints/ckpt-<step>.pt     the latest holds the steps, epochs and hours trained
     exp/NAME/model.pt                       the model's size and tokenizer
-    exp/NAME/decode_<name>/results.json     `asr evaluate --out`: WER of each set decoded one way
+    exp/NAME/decode_<name>/results.json     `asr evaluate --out-dir`: WER of each set decoded one way
     exp/NAME/decode_<name>/decoding.json    optional: how that decoding was made (LM, weights, the sets they were
                                             tuned on)
 

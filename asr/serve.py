@@ -15,18 +15,20 @@ asked): a batch of N recordings costs far less than N decodes, so the requests a
 A recording longer than a window (`chunk_seconds`) goes alone through `asr.transcribe.transcribe_file`, which reads
 it from its file one overlapping window at a time. The event loop never runs the model.
 
-`run_server` serves one such application, or with several workers (`asr serve --workers N`) has uvicorn start N
-processes that share the port, each making its own (its own model, queue and thread); their Prometheus metrics are
-kept in a folder they share, so that /metrics reports the server's, whichever worker answers.
+`serve` loads a model and serves it: in this process, or with several workers (`asr serve --workers N`) uvicorn
+starts N processes that share the port, each making its own application (`worker_app`: its own model, queue and
+thread); their Prometheus metrics are kept in a folder they share, so that /metrics reports the server's, whichever
+worker answers.
 
-Policy (limits, batching, error shapes) lives here; `asr serve` in asr/cli.py only parses flags. docs/serving.md
-says why Starlette and uvicorn, and what each flag and metric means.
+Policy (limits, batching, error shapes, workers) lives here; `asr serve` in asr/cli.py only parses flags.
+docs/serving.md says why Starlette and uvicorn, and what each flag and metric means.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import math
 import os
@@ -37,7 +39,7 @@ import time
 import zlib
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from asr.audio import SAMPLE_RATE, audio_info, load_samples
+from asr.backend import load_model
 from asr.errors import AsrError, AudioError, ConfigError
 from asr.transcribe import (
     AUDIO_EXTENSIONS,
@@ -84,7 +87,9 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 REFUSED_BODY_DRAIN_BYTES = 32 * 2**20
 # Paths that need the API key when one is set; the page and /healthz do not (a load balancer probes /healthz).
 PROTECTED_PREFIXES = ("/v1/", "/metrics")
-# Where a worker process of `asr serve --workers` that cannot start leaves its error for the parent.
+# What each worker process of `asr serve --workers` loads and serves (JSON), and where one that cannot start leaves
+# its error for the parent.
+WORKER_SETTINGS_ENV = "ASR_SERVE_SETTINGS"
 WORKER_FAILURE_ENV = "ASR_SERVE_WORKER_FAILURE"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -647,7 +652,7 @@ class Server:
         return await self._answer(request, plot=False)
 
     async def plot(self, request: Request) -> Response:
-        """The picture `asr transcribe --plot` draws (asr.plot), of the recording of a transcription request's form:
+        """The picture `asr transcribe --plot-dir` draws (asr.plot), of the recording of a transcription request's form:
         features, CTC posteriors, and the words over the waveform, as a PNG."""
         return await self._answer(request, plot=True)
 
@@ -771,6 +776,33 @@ _PAGE_HEADERS = {
 }
 
 
+def make_app(model: str | Path, config: ServeConfig, device: str | None = None, threads: int | None = None,
+             quantize: str | None = None):
+    """The ASGI application serving the model file `model`, loaded by asr.backend.load_model (`device` None: cuda
+    when available)."""
+    recognizer = load_model(model, device, threads=threads, quantize=quantize)
+    return Server(recognizer, config, model_created=int(os.path.getmtime(model))).app()
+
+
+def serve(model: str | Path, config: ServeConfig, device: str | None = None, threads: int | None = None,
+          quantize: str | None = None, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          shutdown_timeout: float = 30.0, access_log: bool = False) -> None:
+    """Serve the model file `model` until SIGINT or SIGTERM (see run_server), in this process or in `workers`
+    processes, each loading its own copy of the model."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if workers == 1:
+        app = make_app(model, config, device, threads, quantize)
+    else:
+        # Loading the model here first, on the CPU, and dropping it, makes a bad model file an error of this command
+        # rather than of every worker.
+        load_model(model, "cpu", threads=threads, quantize=quantize)
+        os.environ[WORKER_SETTINGS_ENV] = json.dumps({"model": str(model), "config": asdict(config), "device": device,
+                                                      "threads": threads, "quantize": quantize})
+        app = f"{__name__}:worker_app"
+    run_server(app, host, port, workers, shutdown_timeout=shutdown_timeout, access_log=access_log)
+
+
 def run_server(app, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, shutdown_timeout: float = 30.0,
                access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM. `app`: an ASGI application (`Server.app()`), or, for `workers` > 1, the import
@@ -807,14 +839,18 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
             raise AsrError(f"a worker could not start, so the server stopped: {failure.read_text()}")
 
 
-def worker_app(make_app):
-    """`make_app()`, in a worker process of run_server. Should it fail (a device that is not there, memory), the
-    error is left for the parent, which reports it, and the worker exits with uvicorn's startup-failure status, on
-    which uvicorn's parent stops the others instead of starting the worker again and again."""
+def worker_app():
+    """uvicorn's application factory in each worker process of `serve`: the application of the settings the parent
+    left in the environment (WORKER_SETTINGS_ENV), with its own copy of the model. Should it fail (a device that is
+    not there, memory), the error is left for the parent, which reports it, and the worker exits with uvicorn's
+    startup-failure status, on which uvicorn's parent stops the others instead of starting the worker again and
+    again."""
     from uvicorn.config import STARTUP_FAILURE
 
+    settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
     try:
-        return make_app()
+        return make_app(settings["model"], ServeConfig(**settings["config"]), settings["device"], settings["threads"],
+                        settings["quantize"])
     except Exception as error:  # noqa: BLE001 - any failure to start: reported by the parent
         log.exception("this worker could not start")
         Path(os.environ[WORKER_FAILURE_ENV]).write_text(str(error), encoding="utf-8")

@@ -1,7 +1,7 @@
 """The training loop: CTC on bucketed batches, AdamW with warmup, mixed precision, DDP, checkpoints and exact resume.
 
-`asr train --config conf/train.yaml --out exp/NAME [section.key=value ...] [--resume]`, or under torchrun for several
-GPUs or machines (`torchrun --nproc_per_node 8 -m asr train ...`). One optimizer step takes one global batch of
+`asr train --config conf/train.yaml --exp-dir exp/NAME [section.key=value ...] [--resume]`, or under torchrun for
+several GPUs or machines (`torchrun --nproc_per_node 8 -m asr train ...`). One optimizer step takes one global batch of
 `data.max_seconds` padded seconds, the same batches whatever the number of processes: each rank takes its share and
 forwards it in micro-batches of at most `data.device_max_seconds`, accumulating gradients; the loss is divided by the
 target tokens of the whole step, so 1 process or 64 take the same steps to the same weights, only at another speed
@@ -284,8 +284,8 @@ def latest_checkpoint(out: Path) -> Path | None:
     checkpoints = sorted((out / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     chosen = distributed.from_main(str(checkpoints[-1]) if checkpoints else None)
     if not distributed.all_agree(chosen is None or Path(chosen).is_file()):
-        raise AsrError(f"{chosen}: the checkpoint to resume from is missing on some node; --out must be a folder that "
-                       f"every node sees (a shared file system)")
+        raise AsrError(f"{chosen}: the checkpoint to resume from is missing on some node; --exp-dir must be a folder "
+                       f"that every node sees (a shared file system)")
     return Path(chosen) if chosen else None
 
 

@@ -107,7 +107,7 @@ def test_prepare_librispeech_writes_what_it_can_read_and_lists_the_rest(bad_corp
     tree = corpus.write_librispeech_tree(tmp_path / "src", bad_corpus.audio, bad_corpus.reference)
     with caplog.at_level(logging.WARNING):
         assert main(["prepare", "librispeech", "--root", str(tree.root), "--subsets", tree.subset,
-                     "--out", str(tmp_path / "out"), "--workers", "2"]) == 0
+                     "--out-dir", str(tmp_path / "out"), "--workers", "2"]) == 0
     expected_skips = {
         "corrupt_header.wav": librispeech.UNREADABLE_AUDIO, "zero_length.wav": librispeech.UNREADABLE_AUDIO,
         "text.wav": librispeech.UNREADABLE_AUDIO, "folder.flac": librispeech.UNREADABLE_AUDIO,
@@ -142,7 +142,7 @@ def test_prepare_kaldi_writes_what_it_can_read_and_lists_the_rest(bad_corpus, tm
     wav_scp, text = corpus.write_kaldi_folder(tmp_path / "kaldi", bad_corpus.audio, bad_corpus.reference)
     with caplog.at_level(logging.WARNING):
         assert main(["prepare", "kaldi", "--wav-scp", str(wav_scp), "--text", str(text),
-                     "--out", str(tmp_path / "out"), "--name", "train"]) == 0
+                     "--out-dir", str(tmp_path / "out"), "--name", "train"]) == 0
     expected_skips = {
         "corrupt_header.wav": kaldi.AUDIO_UNREADABLE, "zero_length.wav": kaldi.AUDIO_UNREADABLE,
         "text.wav": kaldi.AUDIO_UNREADABLE, "folder.flac": kaldi.AUDIO_UNREADABLE,
@@ -175,7 +175,7 @@ def test_cmvn_estimation_leaves_out_unreadable_audio_and_names_it(bad_corpus, tm
     lines = [line for line in bad_corpus.manifest.read_text(encoding="utf-8").splitlines() if "hour.wav" not in line]
     manifest = corpus.write_lines(tmp_path / "no_hour.jsonl", lines)
     with caplog.at_level(logging.WARNING):
-        assert main(["features", "--manifest", str(manifest), "--cmvn-out", str(tmp_path / "cmvn.json")]) == 0
+        assert main(["cmvn", "--manifest", str(manifest), "--out", str(tmp_path / "cmvn.json")]) == 0
     readable_utterances = len(lines) - len(UNREADABLE)
     assert f"of {readable_utterances} utterances" in capsys.readouterr().out
     assert json.loads((tmp_path / "cmvn.json").read_text())["utterances"] == readable_utterances
@@ -186,10 +186,10 @@ def test_cmvn_estimation_leaves_out_unreadable_audio_and_names_it(bad_corpus, tm
 
     nothing_readable = corpus.write_lines(tmp_path / "unreadable.jsonl", [
         corpus.manifest_line(case.name, bad_corpus.audio[case.name], case.words) for case in UNREADABLE])
-    assert main(["features", "--manifest", str(nothing_readable), "--cmvn-out", str(tmp_path / "none.json")]) == 1
+    assert main(["cmvn", "--manifest", str(nothing_readable), "--out", str(tmp_path / "none.json")]) == 1
     first = UNREADABLE[0]
     assert capsys.readouterr().err.splitlines()[-1].startswith(
-        f"asr features: error: cannot estimate CMVN statistics: the audio of none of the {len(UNREADABLE)} "
+        f"asr cmvn: error: cannot estimate CMVN statistics: the audio of none of the {len(UNREADABLE)} "
         f"utterances can be read (first: {bad_corpus.audio[first.name]}: {first.problem}")
     assert not (tmp_path / "none.json").exists()
 
@@ -206,7 +206,7 @@ def test_training_lists_every_utterance_it_does_not_train_on_once(bad_corpus, tm
     monkeypatch.setattr(asr.train, "collate", recording_collate)
     exp = tmp_path / "exp"
     # Global CMVN statistics too: estimating them reads every training file before the first step.
-    assert main(["train", "--config", str(TINY_CONFIG), "--out", str(exp), "--quiet", "--device", "cpu",
+    assert main(["train", "--config", str(TINY_CONFIG), "--exp-dir", str(exp), "--quiet", "--device", "cpu",
                  f"data.train={bad_corpus.manifest}", "features.normalization=global", "train.epochs=2"]) == 0
 
     skipped = dict(line.split("\t") for line in (exp / "skipped.tsv").read_text(encoding="utf-8").splitlines())
@@ -223,14 +223,15 @@ def test_training_lists_every_utterance_it_does_not_train_on_once(bad_corpus, tm
 
 
 @pytest.mark.parametrize("case", MANIFEST_CASES, ids=lambda case: case.what)
-@pytest.mark.parametrize("command", ["train", "evaluate", "features", "tokenizer"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "cmvn", "tokenizer"])
 def test_a_bad_manifest_line_stops_every_command_naming_file_and_line(bad_corpus, tmp_path, capsys, listener,
                                                                        case, command):
     manifest = corpus.write_bad_manifest(tmp_path, case, bad_corpus.reference)
     arguments = {
-        "train": ["--config", str(TINY_CONFIG), "--out", str(tmp_path / "exp"), "--quiet", f"data.train={manifest}"],
+        "train": ["--config", str(TINY_CONFIG), "--exp-dir", str(tmp_path / "exp"), "--quiet",
+                  f"data.train={manifest}"],
         "evaluate": ["--model", "listener.pt", "--manifest", str(manifest)],
-        "features": ["--manifest", str(manifest), "--cmvn-out", str(tmp_path / "cmvn.json")],
+        "cmvn": ["--manifest", str(manifest), "--out", str(tmp_path / "cmvn.json")],
         "tokenizer": ["--manifest", str(manifest), "--out", str(tmp_path / "tokenizer.json"), "--kind", "char"],
     }[command]
     assert main([command, *arguments]) == 1
@@ -267,7 +268,7 @@ def test_transcribe_gives_every_readable_file_its_words_and_names_every_other(ba
 
 def test_evaluate_scores_readable_files_lists_the_others_and_scores_any_script(bad_corpus, listener, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", "listener.pt", "--manifest", str(bad_corpus.manifest), "--out", str(out),
+    assert main(["evaluate", "--model", "listener.pt", "--manifest", str(bad_corpus.manifest), "--out-dir", str(out),
                  "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
     report = out / bad_corpus.manifest.stem
@@ -314,17 +315,17 @@ def test_a_transcript_not_in_utf8_stops_every_reader_naming_the_file(bad_corpus,
         tree = corpus.write_librispeech_tree(tmp_path / "src", bad_corpus.audio, bad_corpus.reference)
         bad_file = next((tmp_path / "src").rglob("100-2.trans.txt"))
         bad_file.write_bytes(bad_file.read_bytes() + b"100-2-0009 " + latin1 + b"\n")
-        arguments, where = ["prepare", "librispeech", "--root", str(tree.root), "--subsets", tree.subset, "--out",
+        arguments, where = ["prepare", "librispeech", "--root", str(tree.root), "--subsets", tree.subset, "--out-dir",
                             str(tmp_path / "out")], f"{bad_file}:{len(TEXT_CASES) + 1}"
     elif entry == "prepare kaldi":
         wav_scp, bad_file = corpus.write_kaldi_folder(tmp_path / "kaldi", bad_corpus.audio, bad_corpus.reference)
         bad_file.write_bytes(bad_file.read_bytes() + b"latin1 " + latin1 + b"\n")
-        arguments, where = ["prepare", "kaldi", "--wav-scp", str(wav_scp), "--text", str(bad_file), "--out",
+        arguments, where = ["prepare", "kaldi", "--wav-scp", str(wav_scp), "--text", str(bad_file), "--out-dir",
                             str(tmp_path / "out")], str(bad_file)
     elif entry == "train":
         bad_file = tmp_path / "train.jsonl"
         bad_file.write_bytes(corpus.manifest_line("a", bad_corpus.reference, "X").encode().replace(b"X", latin1))
-        arguments, where = ["train", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "exp"), "--quiet",
+        arguments, where = ["train", "--config", str(TINY_CONFIG), "--exp-dir", str(tmp_path / "exp"), "--quiet",
                             f"data.train={bad_file}"], f"{bad_file}:1"
     else:
         bad_file = tmp_path / "ref.txt"
@@ -342,7 +343,7 @@ def test_a_transcript_not_in_utf8_stops_every_reader_naming_the_file(bad_corpus,
 def test_training_on_two_processes_lists_the_unreadable_files_of_both_shards(bad_corpus, tmp_path):
     exp = tmp_path / "exp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "asr", "train", "--config", str(TINY_CONFIG), "--out", str(exp), "--device", "cpu", "--quiet",
+               "-m", "asr", "train", "--config", str(TINY_CONFIG), "--exp-dir", str(exp), "--device", "cpu", "--quiet",
                f"data.train={bad_corpus.manifest}", "train.epochs=1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -43,7 +43,7 @@ def manifest(tmp_path_factory, fsdd_dir):
 
 
 def train_arguments(manifest, exp, *settings):
-    return ["train", "--config", str(TINY_CONFIG), "--out", str(exp), "--device", "cpu", "--quiet",
+    return ["train", "--config", str(TINY_CONFIG), "--exp-dir", str(exp), "--device", "cpu", "--quiet",
             f"data.train={manifest}", *DETERMINISTIC, *settings]
 
 
@@ -150,7 +150,7 @@ def wait_for(nodes: list[subprocess.Popen], folders, timeout: float = 300) -> No
 
 @pytest.mark.slow
 def test_two_nodes_train_to_the_end_and_killed_both_resume_to_the_same_weights(manifest, tmp_path):
-    # Uninterrupted, each node in its own folder, `--out exp` relative to it: global rank 0 writes everything, and
+    # Uninterrupted, each node in its own folder, `--exp-dir exp` relative to it: global rank 0 writes everything, and
     # node 1's process (local rank 0 of its machine) writes nothing at all.
     folders = (tmp_path / "machine0", tmp_path / "machine1")
     wait_for(start_nodes(manifest, "exp", folders), folders)
@@ -214,14 +214,14 @@ def last_step_in(exp: Path) -> int:
 
 @pytest.mark.slow
 def test_a_node_that_does_not_see_the_checkpoint_stops_the_resumed_run(manifest, tmp_path):
-    # --out relative to folders that are not shared: node 1 does not see node 0's checkpoints, and must not train from
-    # scratch beside a node that resumed.
+    # --exp-dir relative to folders that are not shared: node 1 does not see node 0's checkpoints, and must not train
+    # from scratch beside a node that resumed.
     folders = (tmp_path / "machine0", tmp_path / "machine1")
     wait_for(start_nodes(manifest, "exp", folders, "train.max_steps=2"), folders)
     nodes = start_nodes(manifest, "exp", folders, "train.max_steps=4", "--resume")
     for node in nodes:
         assert node.wait(timeout=300) != 0
-    assert "the checkpoint to resume from is missing on some node; --out must be a folder that every node sees" in \
+    assert "the checkpoint to resume from is missing on some node; --exp-dir must be a folder that every node sees" in \
         (folders[0] / "stderr.txt").read_text() + (folders[1] / "stderr.txt").read_text()
 
 

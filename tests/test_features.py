@@ -425,7 +425,7 @@ def test_vtlp_warp_outside_zero_to_one_is_a_config_error():
 
 
 def test_frontend_with_global_normalization_needs_statistics():
-    with pytest.raises(ConfigError, match="asr features --manifest"):
+    with pytest.raises(ConfigError, match="asr cmvn --manifest"):
         Frontend(FeatureConfig(normalization="global"))
 
 

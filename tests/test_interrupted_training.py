@@ -55,7 +55,7 @@ def manifest(tmp_path_factory, fsdd_dir):
 
 
 def train_arguments(manifest, exp, *extra):
-    return ["train", "--config", str(TINY_CONFIG), "--out", str(exp), "--device", "cpu", "--quiet",
+    return ["train", "--config", str(TINY_CONFIG), "--exp-dir", str(exp), "--device", "cpu", "--quiet",
             *extra, f"data.train={manifest}", *SETTINGS]
 
 

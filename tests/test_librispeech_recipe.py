@@ -163,7 +163,7 @@ def test_download_stage_refuses_an_archive_member_outside_its_folder(tmp_path, r
 def test_unreadable_checksums_file_is_named(tmp_path, capsys):
     bad = tmp_path / "checksums.json"
     bad.write_text("{not json")
-    assert asr_main(["download", "librispeech", "--dest", str(tmp_path), "--checksums", str(bad)]) == 1
+    assert asr_main(["download", "librispeech", "--out-dir", str(tmp_path), "--checksums", str(bad)]) == 1
     assert f"{bad}: cannot read the checksums" in capsys.readouterr().err
 
 
@@ -252,7 +252,7 @@ def load_tune_lm():
 
 def test_tune_lm_loads_the_lm_once_for_the_grid_and_the_decoding(tmp_path, real_test_clean, kenlm_loads, capsys):
     assert asr_main(["prepare", "librispeech", "--root", str(real_test_clean.parents[1]), "--subsets", "test-clean",
-                     "--out", str(tmp_path)]) == 0
+                     "--out-dir", str(tmp_path)]) == 0
     manifest = tmp_path / "test-clean.jsonl"
     references = {utterance.id: utterance.text for utterance in read_manifest(manifest)}
     build_arpa(list(references.values()), tmp_path / "lm.arpa", order=2)

@@ -13,7 +13,7 @@ import torch
 import asr
 from asr.audio import load_samples
 from asr.checkpoint import save_model
-from asr.cli import _load_recognizer, build_parser, main
+from asr.cli import main
 from asr.errors import ModelFileError
 from asr.features import FeatureConfig
 from asr.model import ModelConfig
@@ -176,7 +176,7 @@ def test_transcription_of_an_onnx_model_never_imports_torch(models, speech):
 def test_every_output_format_is_the_same_from_both_backends(models, speech, tmp_path, capsys):
     for model in models:
         status = main(["transcribe", "--model", str(model), *map(str, speech), "--output-format", "all",
-                       "--output-dir", str(tmp_path / model.suffix[1:]), "--threads", "1"])
+                       "--out-dir", str(tmp_path / model.suffix[1:]), "--threads", "1"])
         assert status == 0, capsys.readouterr().err
     for extension in ("txt", "srt", "vtt"):
         for wav in speech:
@@ -216,8 +216,7 @@ def test_beam_search_decodes_an_onnx_models_output(models, speech, capsys):
 
 def test_threads_are_the_sessions_and_idle_threads_follow_omp_wait_policy(models, monkeypatch):
     _, onnx_path = models
-    arguments = build_parser().parse_args(["transcribe", "--model", str(onnx_path), "--threads", "3", "x.wav"])
-    recognizer = _load_recognizer(arguments)
+    recognizer = asr.load_model(onnx_path, threads=3)
     assert isinstance(recognizer, OnnxRecognizer) and recognizer.threads == 3
     options = recognizer.session.get_session_options()
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
@@ -232,7 +231,7 @@ def test_threads_are_the_sessions_and_idle_threads_follow_omp_wait_policy(models
 @pytest.mark.parametrize("option, message", [
     (["--quantize", "int8"], "--quantize int8 quantizes a PyTorch model file"),
     (["--device", "cuda"], "runs on the CPU"),
-    (["--plot", "plots"], "--plot draws the features"),
+    (["--plot-dir", "plots"], "--plot-dir draws the features"),
 ])
 def test_options_for_model_files_only_are_refused_with_an_onnx_model(models, speech, capsys, option, message):
     _, onnx_path = models

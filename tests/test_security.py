@@ -60,7 +60,7 @@ def command_loading(command: str, model_file: Path, inputs, tmp_path) -> tuple[l
         checkpoint = tmp_path / "exp" / "checkpoints" / "ckpt-9.pt"
         checkpoint.parent.mkdir(parents=True)
         shutil.copy(model_file, checkpoint)
-        return ["train", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "exp"), "--resume", "--quiet",
+        return ["train", "--config", str(TINY_CONFIG), "--exp-dir", str(tmp_path / "exp"), "--resume", "--quiet",
                 f"data.train={manifest}"], checkpoint
     return {
         "transcribe": ["transcribe", "--model", str(model_file), str(recording)],
@@ -98,7 +98,7 @@ def test_a_config_file_cannot_run_code(tmp_path, capsys):
     marker = tmp_path / "code-ran"
     config = tmp_path / "evil.yaml"
     config.write_text(f"train: !!python/object/apply:builtins.open ['{marker}', 'w']\n")
-    assert main(["train", "--config", str(config), "--out", str(tmp_path / "exp"), "data.train=x.jsonl"]) == 1
+    assert main(["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"), "data.train=x.jsonl"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("asr train: error: ") and str(config) in error
     assert not marker.exists()
@@ -124,7 +124,7 @@ def test_a_librispeech_archive_with_a_hostile_member_is_never_extracted(tmp_path
     with serve({"/12/dev-clean.tar.gz": archive}) as server:
         # The command checks the published checksum first: the archive is deleted unopened.
         assert main(["download", "librispeech", "--subsets", "dev-clean", "--base-url", server.url("/12"),
-                     "--dest", str(dest)]) == 1
+                     "--out-dir", str(dest)]) == 1
         error = capsys.readouterr().err
         assert "dev-clean.tar.gz" in error and "fails its sha256 checksum" in error
         assert not dest.exists() or extracted(dest) == set()

@@ -254,7 +254,7 @@ def test_a_long_upload_is_decoded_in_windows_like_the_library_does(server, digit
     assert answer.text == offline.text
     assert [(w.word, w.start) for w in answer.words] == [(w.word, round(w.start, 3)) for w in offline.words]
     assert jiwer.wer(" ".join(words), answer.text) <= 0.2  # windows of a model trained on short utterances
-    # Its picture is drawn from the file, as asr transcribe --plot draws a long recording's.
+    # Its picture is drawn from the file, as asr transcribe --plot-dir draws a long recording's.
     status, _, body = post(server.url + "/v1/audio/plot", [("model", "digits")],
                            [("file", "long.wav", path.read_bytes())])
     assert status == 200

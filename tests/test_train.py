@@ -279,7 +279,7 @@ def test_ddp_with_two_gloo_processes(tmp_path, fsdd_dir):
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", names)
     dev = fsdd_manifest(fsdd_dir, tmp_path / "dev.jsonl", names[:6])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "asr", "train", "--config", str(REPO / "tests" / "data" / "tiny.yaml"), "--out",
+               "-m", "asr", "train", "--config", str(REPO / "tests" / "data" / "tiny.yaml"), "--exp-dir",
                str(tmp_path / "exp"), "--device", "cpu", "--quiet", f"data.train={manifest}", f"data.dev={dev}",
                "train.epochs=2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

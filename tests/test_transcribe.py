@@ -363,7 +363,7 @@ def test_cli_text_output_names_the_files_when_several(model_file, data_dir, caps
     one = sentence_files(data_dir, 2)
     assert main(["transcribe", "--model", str(model_file), str(one[0])]) == 0
     single = capsys.readouterr().out
-    assert main(["transcribe", "--model", str(model_file), str(one[0]), str(one[1]), "--verbose"]) == 0
+    assert main(["transcribe", "--model", str(model_file), str(one[0]), str(one[1]), "--timings"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0] == f"{one[0]}: {single.rstrip(chr(10))}"
@@ -374,7 +374,7 @@ def test_cli_text_output_names_the_files_when_several(model_file, data_dir, caps
 def test_cli_writes_every_format_to_an_output_folder_and_plots(model_file, data_dir, tmp_path, capsys):
     folder = data_dir / "sentences" / "harvard_sentences" / "wav"
     status = main(["transcribe", "--model", str(model_file), str(folder / "osr0034-0[12].wav"),
-                   "--output-format", "all", "--output-dir", str(tmp_path / "out"), "--plot", str(tmp_path / "png")])
+                   "--output-format", "all", "--out-dir", str(tmp_path / "out"), "--plot-dir", str(tmp_path / "png")])
     assert status == 0, capsys.readouterr().err
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == [f"osr0034-0{i}.{ext}" for i in (1, 2) for ext in ("json", "srt", "txt", "vtt")]
@@ -390,7 +390,7 @@ def test_cli_refuses_outputs_that_would_overwrite_each_other(model_file, data_di
     for path in (first, second):
         path.parent.mkdir()
         path.write_bytes(sentence_files(data_dir, 1)[0].read_bytes())
-    status = main(["transcribe", "--model", str(model_file), str(first), str(second), "--output-dir", str(tmp_path)])
+    status = main(["transcribe", "--model", str(model_file), str(first), str(second), "--out-dir", str(tmp_path)])
     assert status == 1
     error = capsys.readouterr().err
     assert str(first) in error and str(second) in error and "both be written" in error

@@ -63,10 +63,10 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
     fsdd="$repo_dir/../shared/data/fsdd/recordings"
   fi
   if [ -z "$fsdd" ]; then
-    asr download fsdd --dest data/download
+    asr download fsdd --out-dir data/download
     fsdd=data/download
   fi
-  asr prepare digits --fsdd "$fsdd" --out data
+  asr prepare digits --fsdd "$fsdd" --out-dir data
   python -c 'import sys; from asr.data.digits import single_digit_manifests; single_digit_manifests(*sys.argv[1:])' \
     "$fsdd" data
   # Voices FSDD lacks (espeak-ng, Piper, Asterisk's Allison) and non-speech with empty transcripts, synthesized once
@@ -79,7 +79,7 @@ fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   say "stage 1: global CMVN statistics"
-  asr features --manifest data/train_all.jsonl --cmvn-out data/cmvn.json --config "$config" --max-utterances 500 \
+  asr cmvn --manifest data/train_all.jsonl --out data/cmvn.json --config "$config" --max-utterances 500 \
     "${overrides[@]}"
 fi
 
@@ -90,14 +90,14 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   launcher=(python -m asr)
   # One thread a process (train.threads); set here too, or torchrun warns that it chose it.
   [ "$procs" -gt 1 ] && launcher=(env OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node "$procs" -m asr)
-  "${launcher[@]}" train --config "$config" --out "$exp" "${resume[@]}" \
+  "${launcher[@]}" train --config "$config" --exp-dir "$exp" "${resume[@]}" \
     data.train=data/train_all.jsonl data.dev=data/dev.jsonl data.cmvn=data/cmvn.json "${overrides[@]}"
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   say "stage 3: decode and score (dev: FSDD's official test takes, connected; the rest: voices never trained on)"
   echo "greedy decoding:"
-  asr evaluate --model "$exp/model.pt" --out "$exp/decode_greedy" --manifest data/dev.jsonl data/test.jsonl \
+  asr evaluate --model "$exp/model.pt" --out-dir "$exp/decode_greedy" --manifest data/dev.jsonl data/test.jsonl \
     data/official_test.jsonl data/synth/espeak_heldout.jsonl data/synth/piper_heldout.jsonl data/synth/asterisk.jsonl \
     data/judge/laptop.jsonl
   # A digit grammar, as the classic connected-digit systems use: a bigram LM over the training transcripts, whose
@@ -106,7 +106,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     > "$exp/train_text.txt"
   python "$repo_dir/tools/build_lm.py" --text "$exp/train_text.txt" --order 2 --out "$exp/digits_bigram.arpa"
   echo "beam search with the digit lexicon and bigram:"
-  asr evaluate --model "$exp/model.pt" --manifest data/dev.jsonl data/test.jsonl --out "$exp/decode_lexicon" \
+  asr evaluate --model "$exp/model.pt" --manifest data/dev.jsonl data/test.jsonl --out-dir "$exp/decode_lexicon" \
     --lm "$exp/digits_bigram.arpa"
 fi
 

@@ -212,14 +212,14 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
     say "stage 0: download skipped, the corpus is in $data_root"
   else
     say "stage 0: download ${all_sets[*]} from $mirror/12"
-    asr download librispeech --dest "$download_dir" --subsets "${all_sets[@]}" --base-url "$mirror/12" \
+    asr download librispeech --out-dir "$download_dir" --subsets "${all_sets[@]}" --base-url "$mirror/12" \
       ${checksums:+--checksums "$checksums"} $keep_archives
   fi
 fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   say "stage 1: manifests of ${all_sets[*]}"
-  asr prepare librispeech --root "${data_root:-$download_dir}" --subsets "${all_sets[@]}" --out data/manifests
+  asr prepare librispeech --root "${data_root:-$download_dir}" --subsets "${all_sets[@]}" --out-dir data/manifests
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
@@ -232,7 +232,7 @@ fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   say "stage 3: global CMVN statistics of $train_tag"
-  asr features --manifest "$(joined_manifest "$train_sets")" --cmvn-out "$bundle/cmvn.json" --config "$config" \
+  asr cmvn --manifest "$(joined_manifest "$train_sets")" --out "$bundle/cmvn.json" --config "$config" \
     --max-utterances 2000 ${overrides[@]+"${overrides[@]}"}
 fi
 
@@ -259,14 +259,14 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   fi
   [ -d "$exp/checkpoints" ] && options+=(--resume)  # rerunning the stage continues an interrupted run
   [ -t 2 ] || options+=(--quiet)  # no progress bars in a log file
-  "${launcher[@]}" train --config "$config" --out "$exp" ${options[@]+"${options[@]}"} \
+  "${launcher[@]}" train --config "$config" --exp-dir "$exp" ${options[@]+"${options[@]}"} \
     data.train="$(joined_manifest "$train_sets")" data.dev="$(joined_manifest "$dev_sets")" \
     data.cmvn="$bundle/cmvn.json" tokenizer.path="$tokenizer_file" ${overrides[@]+"${overrides[@]}"}
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   say "stage 5: average the best checkpoints by dev WER"
-  asr average --exp "$exp" --best --num 3 --out "$exp/avg.pt"
+  asr average --exp-dir "$exp" --best --num 3 --out "$exp/avg.pt"
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
@@ -282,7 +282,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     say "stage 6: the official LibriSpeech LMs $lms from $mirror/11"
     names=()
     for name in $lms; do names+=("$name.arpa.gz"); done
-    asr download librispeech-lm --dest data/lm --files "${names[@]}" --base-url "$mirror/11" \
+    asr download librispeech-lm --out-dir data/lm --files "${names[@]}" --base-url "$mirror/11" \
       ${checksums:+--checksums "$checksums"}
   fi
 fi
@@ -294,7 +294,7 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   for set in "${dev_list[@]}"; do dev_manifests+=("$(manifest "$set")"); done
   for set in "${dev_list[@]}" ${test_list[@]+"${test_list[@]}"}; do decoded+=("$(manifest "$set")"); done
   say "stage 7: greedy decoding of $dev_sets $test_sets with $model"
-  asr evaluate --model "$model" --manifest "${decoded[@]}" --out "$exp/decode_greedy"
+  asr evaluate --model "$model" --manifest "${decoded[@]}" --out-dir "$exp/decode_greedy"
   for lm in $(lm_files); do
     name=$(basename "$lm" .arpa)
     say "stage 7: $name: LM weight and word score tuned on $dev_sets, then $dev_sets $test_sets decoded"

@@ -63,8 +63,8 @@ PY
 
 # The held-out speaker is also the validation set, so the best checkpoint by its WER would flatter the score:
 # keep_best=0 makes model.pt the last weights.
-OMP_NUM_THREADS=1 python -m asr train --config "$config" --out "$exp" data.train="$split/train.jsonl" \
+OMP_NUM_THREADS=1 python -m asr train --config "$config" --exp-dir "$exp" data.train="$split/train.jsonl" \
   data.dev="$split/held_out.jsonl" train.threads=1 train.keep_best=0 "${overrides[@]}"
-python -m asr evaluate --model "$exp/model.pt" --manifest "$split/held_out.jsonl" --out "$exp/decode_held_out"
+python -m asr evaluate --model "$exp/model.pt" --manifest "$split/held_out.jsonl" --out-dir "$exp/decode_held_out"
 exit
 }
