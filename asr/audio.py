@@ -121,6 +121,20 @@ def stream_samples(
     Memory stays bounded by a few chunks for the formats libsndfile reads; any other format (decoded by librosa) is
     loaded whole and then sliced, because audioread offers no seekable, resumable decoding.
     """
+    return _chunks(_resampled_blocks(path, sample_rate, chunk_seconds), chunk_seconds, sample_rate, overlap_seconds)
+
+
+def slide_windows(
+    wave: np.ndarray, chunk_seconds: float, sample_rate: int = SAMPLE_RATE, overlap_seconds: float = 0.0
+) -> Iterator[tuple[float, np.ndarray]]:
+    """The `(start_seconds, chunk)` that `stream_samples` would read from a file holding the samples `wave`."""
+    return _chunks(iter([wave]), chunk_seconds, sample_rate, overlap_seconds)
+
+
+def _chunks(
+    blocks: Iterator[np.ndarray], chunk_seconds: float, sample_rate: int, overlap_seconds: float
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Consecutive blocks of samples cut into chunks of `chunk_seconds` that overlap by `overlap_seconds`."""
     chunk_length = round(chunk_seconds * sample_rate)
     overlap_length = round(overlap_seconds * sample_rate)
     if chunk_length < 1 or not 0 <= overlap_length < chunk_length:
@@ -129,15 +143,15 @@ def stream_samples(
             f"got chunk_seconds={chunk_seconds}, overlap_seconds={overlap_seconds}"
         )
     step = chunk_length - overlap_length
-    pending = np.empty(0, dtype=np.float32)  # resampled audio not yet yielded, plus the overlap kept for the next
-    pending_start = 0  # index of pending[0] in the resampled audio
-    for block in _resampled_blocks(path, sample_rate, chunk_seconds):
+    pending = np.empty(0, dtype=np.float32)  # samples not yet yielded, plus the overlap kept for the next chunk
+    pending_start = 0  # index of pending[0] in the whole
+    for block in blocks:
         pending = np.concatenate([pending, block])
         while len(pending) >= chunk_length:
             yield pending_start / sample_rate, pending[:chunk_length].copy()
             pending = pending[step:]
             pending_start += step
-    # What follows the last full chunk; when nothing was yielded yet (a file shorter than one chunk), all of it.
+    # What follows the last full chunk; when nothing was yielded yet (shorter than one chunk), all of it.
     if len(pending) > overlap_length or (pending_start == 0 and len(pending) > 0):
         yield pending_start / sample_rate, pending
 

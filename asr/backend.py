@@ -12,7 +12,7 @@ back end they hold. This module imports neither torch nor onnxruntime: `load_mod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from asr.errors import AsrError
 
@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 QUANTIZATIONS = ("int8",)
 
 
+@runtime_checkable
 class SpeechRecognizer(Protocol):
-    """What transcription needs from a model."""
+    """What transcription needs from a model (`isinstance` checks that an object has every member)."""
 
     tokenizer: Tokenizer  # gives the model's outputs their meaning; id 0 is the CTC blank
     frame_shift: float  # seconds between two output frames

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import logging
 import math
@@ -61,6 +62,7 @@ from asr.errors import AsrError, AudioError, ConfigError
 from asr.transcribe import (
     AUDIO_EXTENSIONS,
     Transcript,
+    consecutive_batches,
     format_srt,
     format_txt,
     format_vtt,
@@ -281,13 +283,8 @@ class BatchingTranscriber:
         the batch's padded length (its count × its longest) stays within max_batch_seconds; at least one."""
         if not self._batching() or self._queue[0].path is not None:
             return 1
-        count, longest = 1, self._queue[0].duration
-        for job in list(self._queue)[1:]:
-            longest = max(longest, job.duration)
-            if job.path is not None or (count + 1) * longest > self.config.max_batch_seconds:
-                break
-            count += 1
-        return count
+        durations = [job.duration for job in itertools.takewhile(lambda job: job.path is None, self._queue)]
+        return len(next(consecutive_batches(durations, self.config.max_batch_seconds)))
 
     def _next_batch(self) -> list[_Job] | None:
         with self._changed:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from asr.audio import SAMPLE_RATE, as_samples, audio_info, load_samples, stream_samples
+from asr.audio import SAMPLE_RATE, as_samples, audio_info, load_samples, slide_windows, stream_samples
 from asr.decoding import Word, make_decoder
 from asr.errors import AsrError, AudioError
 
@@ -138,7 +138,7 @@ def transcribe_file(recognizer: SpeechRecognizer, audio: str | Path | torch.Tens
         (hypothesis,) = _decode_waves(recognizer, decoder, [wave], speaker_rows)
         transcript = Transcript(name, hypothesis.text, wave.size / SAMPLE_RATE, list(hypothesis.words))
     else:
-        windows = (_slide_windows(audio, chunk_seconds, overlap_seconds) if is_waveform
+        windows = (slide_windows(audio, chunk_seconds, overlap_seconds=overlap_seconds) if is_waveform
                    else stream_samples(audio, chunk_seconds, overlap_seconds=overlap_seconds))
         words = stitch_windows(_decode_windows(recognizer, decoder, windows, speaker_rows))
         transcript = Transcript(name, " ".join(word.word for word in words), duration, words)
@@ -169,7 +169,9 @@ def transcribe_files(recognizer: SpeechRecognizer, paths: Iterable[str | Path], 
     short = sorted((i for i in durations if durations[i] <= chunk_seconds), key=durations.__getitem__)
     windowed = [i for i in durations if durations[i] > chunk_seconds]
     # The work: batches of short files, then each long file on its own.
-    groups = _plan_batches(short, durations, batch_size, max_batch_seconds) + [[i] for i in windowed]
+    groups = [[short[position] for position in batch]
+              for batch in consecutive_batches([durations[i] for i in short], max_batch_seconds, batch_size)]
+    groups += [[i] for i in windowed]
 
     next_to_yield = 0  # results go out in the order of `paths`, each as soon as those before it are out
     with tqdm(total=sum(durations.values()), unit="s", desc="transcribe", disable=not progress) as bar:
@@ -238,17 +240,22 @@ def one_speaker_cmvn(recognizer: SpeechRecognizer, paths: Sequence[Path],
     return [statistics.rows("inputs").numpy()] * len(paths)
 
 
-def _plan_batches(indices: list[int], durations: dict[int, float], batch_size: int,
-                  max_batch_seconds: float) -> list[list[int]]:
-    """Cut indices sorted by duration into consecutive batches; a batch's padded length is its last file's."""
-    batches: list[list[int]] = []
-    for index in indices:
-        batch = batches[-1] if batches else None
-        if batch and len(batch) < batch_size and (len(batch) + 1) * durations[index] <= max_batch_seconds:
-            batch.append(index)
-        else:
-            batches.append([index])
-    return batches
+def consecutive_batches(durations: Sequence[float], max_seconds: float,
+                        max_count: int | None = None) -> Iterator[range]:
+    """Cut recordings of these durations, in their order, into consecutive batches (ranges of positions) whose padded
+    audio, the batch's count × its longest, stays within `max_seconds`, of at most `max_count` recordings; a recording
+    longer than that makes a batch of its own. Sorted by duration, the batches waste little on padding."""
+    start, longest = 0, 0.0
+    for position, duration in enumerate(durations):
+        if position > start:
+            count, longer = position - start + 1, max(longest, duration)
+            if (max_count is None or count <= max_count) and count * longer <= max_seconds:
+                longest = longer
+                continue
+            yield range(start, position)
+        start, longest = position, duration
+    if len(durations) > start:
+        yield range(start, len(durations))
 
 
 def _transcribe_batch(recognizer, decoder, paths: dict[int, Path],
@@ -320,23 +327,6 @@ def _decode_windows(recognizer, decoder, windows: Iterable[tuple[float, np.ndarr
     for start, wave in windows:
         (hypothesis,) = _decode_waves(recognizer, decoder, [wave], speaker_cmvn)
         yield start, start + wave.size / SAMPLE_RATE, [_shifted(word, start) for word in hypothesis.words]
-
-
-def _slide_windows(wave: np.ndarray, chunk_seconds: float,
-                   overlap_seconds: float) -> Iterator[tuple[float, np.ndarray]]:
-    """The windows `asr.audio.stream_samples` would read from a file holding `wave`, as views of it."""
-    chunk = round(chunk_seconds * SAMPLE_RATE)
-    overlap = round(overlap_seconds * SAMPLE_RATE)
-    if chunk < 1 or not 0 <= overlap < chunk:
-        raise ValueError(f"need chunk_seconds > 0 and 0 <= overlap_seconds < chunk_seconds, "
-                         f"got chunk_seconds={chunk_seconds}, overlap_seconds={overlap_seconds}")
-    start = 0
-    while start + chunk <= wave.size:
-        yield start / SAMPLE_RATE, wave[start:start + chunk]
-        start += chunk - overlap
-    # The rest, unless the last full window already reached the end.
-    if wave.size - start > overlap or start == 0:
-        yield start / SAMPLE_RATE, wave[start:]
 
 
 def _shifted(word: Word, seconds: float) -> Word:

@@ -14,7 +14,7 @@ import asr
 from asr.audio import load_samples
 from asr.checkpoint import save_model
 from asr.cli import main
-from asr.errors import ModelFileError
+from asr.errors import AsrError, ModelFileError
 from asr.features import FeatureConfig
 from asr.model import ModelConfig
 from asr.recognizer import Recognizer
@@ -185,6 +185,32 @@ def test_every_output_format_is_the_same_from_both_backends(models, speech, tmp_
     for wav in speech:
         assert_same_transcripts(json_records((tmp_path / "onnx" / f"{wav.stem}.json").read_text()),
                                 json_records((tmp_path / "pt" / f"{wav.stem}.json").read_text()))
+
+
+def test_both_backends_answer_what_transcription_asks_alike(models, speech):
+    """asr.load_model picks the back end by the file; both answer the recognizer interface's questions the same way,
+    and give the same log-probabilities for one zero-padded batch."""
+    model_path, onnx_path = models
+    recognizer, exported = asr.load_model(model_path), asr.load_model(onnx_path, threads=1)
+    assert isinstance(recognizer, Recognizer) and isinstance(exported, OnnxRecognizer)
+    for backend in (recognizer, exported):
+        assert isinstance(backend, asr.SpeechRecognizer)
+    assert exported.tokenizer.tokens == recognizer.tokenizer.tokens
+    assert (exported.frame_shift, exported.edge_pad_seconds, exported.word_span) == \
+        (recognizer.frame_shift, recognizer.edge_pad_seconds, recognizer.word_span)
+    assert (recognizer.exposes_features, exported.exposes_features) == (True, False)
+    waves = [load_samples(path) for path in speech[:2]]
+    lengths = np.array([wave.size for wave in waves])
+    batch = np.zeros((len(waves), lengths.max()), np.float32)
+    for row, wave in enumerate(waves):
+        batch[row, :wave.size] = wave
+    expected, expected_lengths = recognizer.log_probs(batch, lengths)
+    got, got_lengths = exported.log_probs(batch, lengths)
+    np.testing.assert_array_equal(got_lengths, expected_lengths.numpy())
+    for row, length in enumerate(got_lengths):
+        np.testing.assert_allclose(got[row, :length], expected[row, :length].numpy(), atol=1e-3)
+    with pytest.raises(AsrError, match="cannot take a speaker's statistics"):
+        exported.log_probs(batch, lengths, np.ones((2, 2, 80), np.float32))
 
 
 def test_waveforms_and_long_recordings_in_windows(models, speech):

@@ -10,7 +10,7 @@ Reports, in one markdown table and judge.json:
 - whether word times lie on the speech: on theo's test utterances, whose sources file says where each FSDD recording
   lies, each word of an utterance recognized without error against its recording's speech found by energy (10 ms
   frames within 30 dB of the recording's loudest). `--calibrate` first chooses the model's edge floor on dev and the
-  five training speakers' official takes (`calibrate_edge_pad`; `asr.transcribe.edge_pad_seconds`), then measures
+  five training speakers' official takes (`calibrate_edge_pad`; `SpeechRecognizer.edge_pad_seconds`), then measures
   the model's latency on dev (the median time from a word's firing frames to its speech), and stores both in the
   model file, where transcription and greedy decoding find them (`asr.decoding.GreedyDecoder`'s `word_span`).
 """
@@ -168,7 +168,7 @@ EDGE_PADS = (0.0, 0.1, 0.2, 0.3)
 
 
 def calibrate_edge_pad(recognizer, data: Path) -> float:
-    """The edge floor (`asr.transcribe.edge_pad_seconds`) of EDGE_PADS with the fewest word errors over dev and the
+    """The edge floor (`SpeechRecognizer.edge_pad_seconds`) of EDGE_PADS with the fewest word errors over dev and the
     five training speakers' files of the official split (FSDD's tightly trimmed single digits), the shortest on a
     tie; every file transcribed alone."""
     utterances = [u for u in read_manifest(data / "dev.jsonl")]
