@@ -190,11 +190,16 @@ def take_turns(cases: dict, repeats: int, run_case) -> dict[str, list]:
 # In process
 
 
-class TracedRecognizer(nn.Module):
-    """The exportable recognizer traced by TorchScript, usable where asr.transcribe expects a Recognizer."""
+class TracedRecognizer:
+    """The exportable recognizer traced by TorchScript, behind the recognizer interface (asr.backend) that
+    asr.transcribe reads."""
+
+    word_span = None
+    normalization = "global"
+    exposes_features = False
+    source_path = None
 
     def __init__(self, recognizer: Recognizer):
-        super().__init__()
         audio = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.trace is deprecated, and warns of traced shape arithmetic
@@ -202,10 +207,11 @@ class TracedRecognizer(nn.Module):
                                           check_trace=False)
         self.tokenizer = recognizer.tokenizer
         self.frame_shift = recognizer.frame_shift
-        self.device = torch.device("cpu")
+        self.edge_pad_seconds = recognizer.edge_pad_seconds
 
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.traced(audio, audio_lengths)
+    def log_probs(self, audio, audio_lengths, speaker_cmvn=None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return self.traced(torch.from_numpy(audio), torch.from_numpy(audio_lengths))
 
 
 def in_process_variants(model_path: Path, onnx_path: Path | None, threads: int) -> dict:
