@@ -10,66 +10,28 @@ downloaded from a stranger cannot run code on the machine that loads it.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from asr.errors import AsrError, ModelFileError
+from asr.files import atomic_write
 
 MODEL_FORMAT = "asr-model"
 MODEL_FORMAT_VERSION = 1
-_TEMPORARY_SUFFIX = ".tmp"  # write_atomically's temporary files: ".<name>.<random>.tmp" beside the target
 
 
 def write_atomically(payload: dict, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash or a kill at any moment leaves either the old file or the new one, never half of one. When the disk is
-    full the temporary file is removed and an AsrError says so; the previous file is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX, dir=path.parent)
+    """torch.save `payload` to `path` through `asr.files.atomic_write`: a crash or a kill at any moment leaves either
+    the old file or the new one, never half of one. When the disk is full an AsrError says so; the previous file is
+    untouched."""
     try:
-        with os.fdopen(fd, "wb") as tmp:
-            torch.save(payload, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise AsrError(f"{path}: could not write ({err.strerror or err}); the previous file, if any, is intact") \
-                from err
-        raise
-    _fsync_directory(path.parent)  # make the rename itself durable
-
-
-def remove_unfinished_writes(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that writes killed before their rename left in `folder`; returns their paths.
-
-    Only for a folder that no other process is writing into (a training run's own checkpoint folder).
-    """
-    leftovers = sorted(Path(folder).glob(f".*{_TEMPORARY_SUFFIX}"))
-    for leftover in leftovers:
-        leftover.unlink(missing_ok=True)
-    return leftovers
-
-
-def _fsync_directory(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        with atomic_write(path, "wb") as file:
+            torch.save(payload, file)
+    except OSError as err:
+        raise AsrError(f"{path}: could not write ({err.strerror or err}); the previous file, if any, is intact") \
+            from err
 
 
 def read_plain_data(path: str | Path) -> dict:

@@ -17,7 +17,6 @@ exactly 0 throughout.
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, load_audio, resample
 from asr.errors import AsrError, AudioError, ConfigError
+from asr.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -354,14 +354,9 @@ def _channel_sums(utterances, cfg: FeatureConfig, group_of, description: str,
 
 
 def save_cmvn(path, stats: dict) -> None:
-    """Write CMVN statistics (as `estimate_cmvn` returns them) to a JSON file.
-
-    Written beside it, then renamed: a run killed while writing leaves no half file for `--resume` to trip on.
-    """
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(stats, indent=1) + "\n")
-    os.replace(partial, path)
+    """Write CMVN statistics (as `estimate_cmvn` returns them) to a JSON file, atomically: a run killed while
+    writing leaves no half file for `--resume` to trip on."""
+    write_text_atomically(path, json.dumps(stats, indent=1) + "\n")
 
 
 def load_cmvn(path) -> dict:

@@ -10,8 +10,9 @@ so can any plotting script, without parsing a log.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from asr.files import write_text_atomically
 
 
 class MetricsLog:
@@ -21,9 +22,7 @@ class MetricsLog:
     def __init__(self, path: Path, resumed_at_step: int):
         self.path = path
         kept = [record for record in read_metrics(path) if record["step"] <= resumed_at_step] if resumed_at_step else []
-        rewritten = path.with_name(path.name + ".tmp")  # a kill now leaves the old file or the new one
-        rewritten.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
-        os.replace(rewritten, path)
+        write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))  # a kill: old or new
 
     def write(self, **record) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

@@ -39,7 +39,6 @@ from asr import distributed
 from asr.checkpoint import (
     load_checkpoint,
     read_plain_data,
-    remove_unfinished_writes,
     save_checkpoint,
     save_model,
     write_atomically,
@@ -51,6 +50,7 @@ from asr.data.sampler import DurationBucketSampler
 from asr.decoding import GreedyDecoder
 from asr.errors import AsrError, ConfigError
 from asr.features import SpeakerCmvn, estimate_cmvn, estimate_speaker_cmvn, load_cmvn, save_cmvn
+from asr.files import remove_unfinished_writes
 from asr.metrics import MetricsLog
 from asr.recognizer import Recognizer
 from asr.scoring import score

@@ -22,7 +22,6 @@ pointing at the original files, to compare with numbers published on FSDD.
 """
 import hashlib
 import json
-import os
 import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from asr.audio import SAMPLE_RATE, audio_info, load_audio
 from asr.data.fsdd import DIGITS, TAKES, find_fsdd_recordings, parse_fsdd_name
 from asr.data.manifest import PrepReport, Utterance, write_manifest
 from asr.errors import AsrError, AudioError, ConfigError
+from asr.files import write_text_atomically
 
 DIGIT_WORDS = ("ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
 SPLITS = ("train", "dev", "test")
@@ -350,16 +350,10 @@ def _read_stamp(out_dir: Path) -> dict | None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    _write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+    write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    # Written beside the target and renamed over it, so an interrupted run never leaves half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

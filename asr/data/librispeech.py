@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -33,6 +34,7 @@ from asr.download import (
     safe_extract,
 )
 from asr.errors import AsrError, AudioError, ConfigError, ManifestError
+from asr.files import atomic_write
 from asr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -174,33 +176,29 @@ def download_librispeech_lm(
 
 def _gunzip_arpa(compressed: Path, arpa: Path) -> Path:
     """Decompress a gzipped ARPA model to `arpa` (atomically), checking the gzip CRC and the ARPA header."""
-    partial = arpa.with_name(arpa.name + ".part")
     try:
-        with gzip.open(compressed, "rb") as source, open(partial, "wb") as target:
+        with gzip.open(compressed, "rb") as source:
+            header = _first_nonblank_line(source)
+        if header != "\\data\\":
+            raise _discard(compressed, f"not an ARPA language model: it starts with {header[:60]!r}, not '\\data\\'")
+        with gzip.open(compressed, "rb") as source, atomic_write(arpa, "wb") as target:
             shutil.copyfileobj(source, target, CHUNK_BYTES)
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise _discard(compressed, partial, f"corrupt gzip ({error})") from error
-    header = _first_nonblank_line(partial)
-    if header != "\\data\\":
-        problem = f"not an ARPA language model: it starts with {header[:60]!r}, not '\\data\\'"
-        raise _discard(compressed, partial, problem)
-    os.replace(partial, arpa)
+        raise _discard(compressed, f"corrupt gzip ({error})") from error
     return arpa
 
 
-def _discard(compressed: Path, partial: Path, problem: str) -> AsrError:
-    """Delete a bad download and what was decompressed of it; return the error that says so."""
-    partial.unlink(missing_ok=True)
+def _discard(compressed: Path, problem: str) -> AsrError:
+    """Delete a bad download; return the error that says so."""
     compressed.unlink()
     return AsrError(f"{compressed}: {problem}; it was deleted, and the next run downloads it afresh")
 
 
-def _first_nonblank_line(path: Path) -> str:
+def _first_nonblank_line(file: BinaryIO) -> str:
     # ARPA files written by SRILM begin with an empty line; a line is read at most 256 bytes at a time.
-    with open(path, "rb") as file:
-        while line := file.readline(256):
-            if line.strip():
-                return line.strip().decode("utf-8", errors="replace")
+    while line := file.readline(256):
+        if line.strip():
+            return line.strip().decode("utf-8", errors="replace")
     return ""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asr.errors import ManifestError
+from asr.files import atomic_write
 
 
 @dataclass
@@ -109,18 +110,8 @@ def write_manifest(path: str | os.PathLike, utterances: list[Utterance],
         if utterance.speaker is not None:
             record["speaker"] = utterance.speaker
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    folder.mkdir(parents=True, exist_ok=True)
-    # Beside the target, so that the rename stays on one file system and is atomic.
-    temporary = folder / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            out.writelines(lines)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as out:
+        out.writelines(lines)
 
 
 @dataclass
