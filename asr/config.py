@@ -8,8 +8,6 @@ typo in a config must never train the wrong model for a day.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from asr.augment import AugmentConfig
 from asr.errors import ConfigError
 from asr.features import FeatureConfig, SpecAugmentConfig
 from asr.model import ModelConfig
+from asr.plain_data import build_dataclass
 
 
 @dataclass
@@ -112,55 +111,12 @@ RETIRED_KEYS = {
 }
 
 
-def build_dataclass(cls, values: dict, where: str = ""):
-    """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys raise ConfigError."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for name in values:
-        if f"{where}.{name}" in RETIRED_KEYS:
-            raise ConfigError(f"{where}.{name} is no longer a setting; use {RETIRED_KEYS[f'{where}.{name}']} "
+def _refuse_retired_keys(values: dict) -> None:
+    for dotted, replacement in RETIRED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(values.get(section), dict) and key in values[section]:
+            raise ConfigError(f"{dotted} is no longer a setting; use {replacement} "
                               f"(data.max_seconds is now the batch of one optimizer step over all processes)")
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{where}.{name}" if where else name
-        kwargs[name] = _convert(hints[name], value, key)
-    return cls(**kwargs)
-
-
-def _convert(hint, value, key: str):
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value or {}, key)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):  # e.g. `int | None`, `tuple[int, ...] | int`
-        if value is None and type(None) in typing.get_args(hint):
-            return None
-        for option in typing.get_args(hint):
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not a valid {hint}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        item_type = typing.get_args(hint)[0] if typing.get_args(hint) else typing.Any
-        items = [_convert(item_type, v, key) for v in value]
-        return items if origin is list else tuple(items)
-    if hint is float and not isinstance(value, bool):
-        try:  # YAML reads "1e-3" (no dot) as a string; it is a float to anyone writing a learning rate
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if hint in (int, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
-    return value
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -190,7 +146,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    return build_dataclass(ExperimentConfig, apply_overrides(values, list(overrides)))
+    values = apply_overrides(values, list(overrides))
+    _refuse_retired_keys(values)
+    return build_dataclass(ExperimentConfig, values)
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

@@ -17,7 +17,7 @@ exactly 0 throughout.
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from asr.audio import SAMPLE_RATE, load_audio, resample
 from asr.errors import AsrError, AudioError, ConfigError
 from asr.files import write_text_atomically
+from asr.plain_data import build_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, settings: dict) -> "FeatureConfig":
-        return _config_from_dict(cls, settings, "features")
+        return build_dataclass(cls, settings, "features")
 
 
 @dataclass
@@ -129,15 +130,7 @@ class SpecAugmentConfig:
 
     @classmethod
     def from_dict(cls, settings: dict) -> "SpecAugmentConfig":
-        return _config_from_dict(cls, settings, "specaug")
-
-
-def _config_from_dict(config_class, settings: dict, section: str):
-    known = {field.name for field in fields(config_class)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return config_class(**settings)
+        return build_dataclass(cls, settings, "specaugment")
 
 
 def mel_filterbank(cfg: FeatureConfig, warp_factors: torch.Tensor | None = None) -> torch.Tensor:

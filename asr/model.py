@@ -11,13 +11,14 @@ packed sequences an optimisation, not a matter of correctness (see `uses_packing
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.errors import ConfigError
+from asr.plain_data import build_dataclass
 
 RNN_TYPES = ("gru", "lstm", "gru-lstm")
 RNN_IMPLS = ("cudnn", "reference")
@@ -84,12 +85,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
-        """The inverse of `to_dict`; unknown keys raise ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"model: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        """The inverse of `to_dict`; unknown keys and values of the wrong type raise ConfigError."""
+        return build_dataclass(cls, values, "model")
 
 
 def _require(condition: bool, key: str, problem: str) -> None:

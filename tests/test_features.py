@@ -1,6 +1,7 @@
 """asr.features against librosa, numpy transcriptions of the formulas, and real recordings."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,19 +89,19 @@ def test_feature_config_round_trips_through_a_dict():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"n_mel": 80}, "unknown features setting(s) n_mel"),
+        ({"n_mel": 80}, "features: unknown key(s) ['n_mel']"),
         ({"normalization": "cepstral"}, "features.normalization must be one of global, utterance, speaker, none"),
         ({"win_ms": 40.0}, "640 samples, more than features.n_fft=512"),
         ({"f_max": 9000.0}, "sample_rate / 2 = 8000"),
     ],
 )
 def test_feature_config_rejects_bad_settings(settings, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         FeatureConfig.from_dict(settings)
 
 
 def test_specaug_config_rejects_unknown_keys():
-    with pytest.raises(ConfigError, match="unknown specaug setting"):
+    with pytest.raises(ConfigError, match=r"specaugment: unknown key\(s\) \['freq_mask'\]"):
         SpecAugmentConfig.from_dict({"freq_mask": 2})
 
 
