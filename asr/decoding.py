@@ -39,14 +39,13 @@ import numpy as np
 
 from asr.errors import AsrError, ConfigError, ManifestError, ModelFileError
 from asr.lm import SENTENCE_END, SENTENCE_START, UNKNOWN_WORD, is_kenlm_binary, read_arpa_unigrams
+from asr.text import WORD_DELIMITER, WORD_START
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-WORD_DELIMITER = "|"  # the character tokenizer's token between words
-WORD_START = "\u2581"  # "▁", with which sentencepiece begins the first piece of every word
 TOKENIZER_KINDS = ("char", "bpe")
 # The log-probability that stands for "impossible" in the frame appended for flashlight (see BeamSearchDecoder):
 # finite, because flashlight sums and compares scores.

@@ -25,10 +25,10 @@ from asr.errors import AsrError, ConfigError, ModelFileError
 
 BLANK = "<blank>"
 WORD_DELIMITER = "|"  # the character tokenizer's space, as flashlight's lexicon decoder expects
+WORD_START = "\u2581"  # "▁", with which sentencepiece begins the first piece of every word
 DEFAULT_CHAR_TOKENS = (BLANK, WORD_DELIMITER, "'", *string.ascii_uppercase)
 
 _APOSTROPHE_VARIANTS = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
-_SENTENCEPIECE_WORD_START = "\u2581"  # "▁"
 
 
 def normalize_text(text: str) -> str:
@@ -177,7 +177,7 @@ class BpeTokenizer(Tokenizer):
                              f"train it with BpeTokenizer.train")
         # Training with full character coverage gives every character of the training text its own piece.
         self.alphabet = frozenset(piece for piece in self.tokens
-                                  if len(piece) == 1 and piece != _SENTENCEPIECE_WORD_START)
+                                  if len(piece) == 1 and piece != WORD_START)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram") -> BpeTokenizer:
