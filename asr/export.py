@@ -29,6 +29,7 @@ from torch import nn
 
 from asr.errors import AsrError
 from asr.features import LogMel
+from asr.model import length_mask
 from asr.onnx_model import ONNX_INPUTS, ONNX_OUTPUTS, onnx_metadata
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class ConvLogMel(nn.Module):
         power = (real.square() + imaginary.square()).transpose(1, 2)
         feats = (power @ self.mel_filters).clamp(min=self.cfg.log_floor).log()
         feat_lengths = self.cfg.num_frames(audio_lengths)
-        valid = torch.arange(feats.size(1), device=feats.device)[None, :] < feat_lengths[:, None]
+        valid = length_mask(feat_lengths, feats.size(1))
         return feats * valid[..., None], feat_lengths
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from asr.audio import SAMPLE_RATE, load_audio, resample
 from asr.errors import AsrError, AudioError, ConfigError
 from asr.files import write_text_atomically
+from asr.model import length_mask
 from asr.plain_data import build_dataclass
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ def load_cmvn(path) -> dict:
 def utterance_cmvn(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Normalize each utterance by the mean and variance of its own valid frames; padding stays 0."""
     lengths = lengths.to(feats.device)
-    valid = _valid_frames(lengths, feats.size(1))[..., None]  # (B, T, 1)
+    valid = length_mask(lengths, feats.size(1))[..., None]  # (B, T, 1)
     frame_counts = lengths.clamp(min=1).to(feats.dtype)[:, None, None]
     mean = feats.masked_fill(~valid, 0.0).sum(dim=1, keepdim=True) / frame_counts
     centered = (feats - mean).masked_fill(~valid, 0.0)
@@ -394,7 +395,7 @@ def training_set_at_own_level(feats: torch.Tensor, lengths: torch.Tensor, mean: 
     own (recipes/digits/README.md).
     """
     lengths = lengths.to(feats.device)
-    valid = _valid_frames(lengths, feats.size(1))[..., None]
+    valid = length_mask(lengths, feats.size(1))[..., None]
     frame_counts = lengths.clamp(min=1).to(feats.dtype)[:, None, None]
     own_level = feats.masked_fill(~valid, 0.0).sum(dim=(1, 2), keepdim=True) / (frame_counts * feats.size(2))
     return _zero_padding((feats - (mean - mean.mean() + own_level)) / std, lengths)
@@ -445,7 +446,7 @@ class SpecAugment(nn.Module):
             most=self.cfg.time_masks,
             size=max_frames,
         )
-        masked = (time_masked[:, :, None] | freq_masked[:, None, :]) & _valid_frames(lengths, max_frames)[..., None]
+        masked = (time_masked[:, :, None] | freq_masked[:, None, :]) & length_mask(lengths, max_frames)[..., None]
         return feats.masked_fill(masked, 0.0)
 
 
@@ -539,10 +540,5 @@ class Frontend(nn.Module):
         return self.specaug(feats, feat_lengths), feat_lengths
 
 
-def _valid_frames(lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
-    """(B, max_frames) bool: True where a frame lies within its utterance's length."""
-    return torch.arange(max_frames, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def _zero_padding(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    return feats.masked_fill(~_valid_frames(lengths.to(feats.device), feats.size(1))[..., None], 0.0)
+    return feats.masked_fill(~length_mask(lengths.to(feats.device), feats.size(1))[..., None], 0.0)

@@ -109,9 +109,9 @@ def uses_packing(packing: str, device: torch.device) -> bool:
     return packing == "packed"
 
 
-def time_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """(B, T) boolean: True at the frames inside each utterance."""
-    return torch.arange(num_frames, device=lengths.device)[None, :] < lengths[:, None]
+def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size) boolean: True at the positions (frames, samples) inside each utterance's length, False on padding."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -161,7 +161,7 @@ class Subsampler(nn.Module):
         """(B, T, F) features and lengths → (B, ⌈T/4⌉, output_dim) frames and their lengths."""
         x = feats.unsqueeze(1)  # (B, 1, T, F)
         for conv in self.convs:
-            x = x * time_mask(lengths, x.size(2))[:, None, :, None]
+            x = x * length_mask(lengths, x.size(2))[:, None, :, None]
             x = torch.relu(conv(x))
             lengths = _conv_output_length(lengths, self.kernel)
         batch, channels, frames, freq_bins = x.shape
@@ -210,7 +210,7 @@ class TorchBiRNN(nn.Module):
         packed = uses_packing(self.packing, x.device)
         forward_out = self._run(self.forward_rnn, x, lengths, packed)
         backward_out = self._run(self.backward_rnn, reverse_within_lengths(x, lengths), lengths, packed)
-        mask = time_mask(lengths, x.size(1))[..., None]
+        mask = length_mask(lengths, x.size(1))[..., None]
         return forward_out * mask, reverse_within_lengths(backward_out, lengths) * mask
 
     @staticmethod
@@ -277,7 +277,7 @@ class ReferenceGRU(nn.Module):
             state = (1 - update) * state + update * candidate
             states.append(state)
         outputs = torch.stack(states, dim=2)  # (2, B, T, H)
-        mask = time_mask(lengths, x.size(1))[..., None]
+        mask = length_mask(lengths, x.size(1))[..., None]
         return outputs[0] * mask, reverse_within_lengths(outputs[1], lengths) * mask
 
 

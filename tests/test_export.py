@@ -12,7 +12,7 @@ from asr.cli import main
 from asr.errors import AsrError
 from asr.export import ConvLogMel, export_onnx, exportable, quantize_int8
 from asr.features import FeatureConfig, LogMel
-from asr.model import ModelConfig
+from asr.model import ModelConfig, length_mask
 from asr.recognizer import Recognizer
 from asr.text import CharTokenizer
 
@@ -38,10 +38,6 @@ def speech(data_dir):
     files = sorted((data_dir / "sentences" / "harvard_sentences" / "wav").glob("*.wav"))[:3]
     waves = [load_audio(f)[:16000 * (2 + i)] for i, f in enumerate(files)]  # 2, 3 and 4 s
     return nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([len(w) for w in waves])
-
-
-def valid_frames(log_probs, lengths):
-    return torch.arange(log_probs.size(1))[None, :] < lengths[:, None]
 
 
 def test_conv_logmel_matches_librosa(speech):
@@ -80,7 +76,7 @@ def test_exportable_copy_gives_the_recognizers_outputs_and_leaves_it_alone(speec
         expected, expected_lengths = recognizer(*speech)
         got, got_lengths = copied(*speech)
     assert torch.equal(got_lengths, expected_lengths)
-    assert (got - expected).abs()[valid_frames(expected, expected_lengths)].max() < EXPORT_TOLERANCE
+    assert (got - expected).abs()[length_mask(expected_lengths, expected.size(1))].max() < EXPORT_TOLERANCE
 
 
 @pytest.mark.parametrize("normalization", ["global", "utterance", "speaker"])
@@ -101,7 +97,7 @@ def test_onnx_graph_matches_pytorch_at_other_shapes(tmp_path, speech, normalizat
         expected, expected_lengths = recognizer(audio, lengths)
     assert got_lengths.tolist() == expected_lengths.tolist()
     assert got.shape == tuple(expected.shape)
-    difference = (torch.from_numpy(got) - expected).abs()[valid_frames(expected, expected_lengths)]
+    difference = (torch.from_numpy(got) - expected).abs()[length_mask(expected_lengths, expected.size(1))]
     assert difference.max() < EXPORT_TOLERANCE
 
 
@@ -131,7 +127,7 @@ def test_int8_quantization_replaces_the_recurrent_and_linear_layers_of_a_copy(sp
         expected, lengths = recognizer(*speech)
         got, got_lengths = quantized(*speech)
     assert torch.equal(got_lengths, lengths)
-    valid = valid_frames(expected, lengths)
+    valid = length_mask(lengths, expected.size(1))
     # 8-bit weights move the log-probabilities a little, and rarely change the best token of a frame.
     assert 0 < (got - expected).abs()[valid].max() < 0.1
     assert (got.argmax(-1) == expected.argmax(-1))[valid].float().mean() > 0.95

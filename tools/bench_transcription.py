@@ -63,7 +63,7 @@ from asr.data.manifest import Utterance
 from asr.export import export_onnx, exportable, quantize_int8
 from asr.features import FeatureConfig, estimate_cmvn
 from asr.lm import build_arpa
-from asr.model import ModelConfig
+from asr.model import ModelConfig, length_mask
 from asr.onnx_model import OnnxRecognizer
 from asr.recognizer import Recognizer
 from asr.text import normalize_text, tokenizer_from_dict
@@ -254,7 +254,7 @@ def largest_log_prob_change(variant, reference: Recognizer, files: list[Path]) -
         expected, out_lengths = reference(batch, lengths)
         torch.set_num_threads(threads)
         got = torch.as_tensor(recognizer.log_probs(batch.numpy(), lengths.numpy())[0])
-    valid = torch.arange(expected.size(1))[None, :] < out_lengths[:, None]
+    valid = length_mask(out_lengths, expected.size(1))
     return float((got - expected).abs()[valid].max())
 
 

@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.data.sampler import DurationBucketSampler
-from asr.model import AcousticModel, ModelConfig, Subsampler
+from asr.model import AcousticModel, ModelConfig, Subsampler, length_mask
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "recipes" / "librispeech" / "conf"
@@ -160,7 +160,7 @@ def noise_batch(durations: list[float], generator: torch.Generator) -> tuple[tor
     """Padded white noise of the given durations and its lengths (CPU)."""
     lengths = torch.tensor([round(d * SAMPLE_RATE) for d in durations])
     audio = 0.1 * torch.randn(len(durations), int(lengths.max()), generator=generator)
-    audio *= torch.arange(audio.size(1))[None, :] < lengths[:, None]
+    audio *= length_mask(lengths, audio.size(1))
     return audio, lengths
 
 
