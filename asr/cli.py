@@ -241,8 +241,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch, or ONNX Runtime (default: the library's choice)")
     parser.add_argument("--quantize", choices=["int8"], default=None,
-                        help="CPU only, model files only: compute the GRU and Linear layers with int8 weights, 2-4× "
-                             "faster")
+                        help="CPU only, model files only: compute the GRU and Linear layers with int8 weights, faster "
+                             "(docs/benchmarks.md)")
     parser.add_argument("--batch-seconds", type=float, default=240.0,
                         help="at most this much padded audio a batch (default: 240)")
     decoding = parser.add_argument_group("decoding")

@@ -2,9 +2,8 @@
 
 - `quantize_int8(recognizer)` stores the weights of every GRU, LSTM and Linear layer of the acoustic model as 8-bit
   integers and computes with them; activations are quantized on the fly before each matrix product (torch's
-  dynamic quantization). On the 2-core benchmark machine the default model transcribed 2.4 times faster (3.3 times
-  leaving start-up aside), its log-probabilities within 0.02 of fp32's, and the digits model's WER did not change
-  (docs/benchmarks.md). It runs on CPUs only, and happens when a model is loaded
+  dynamic quantization): faster on CPUs, its log-probabilities close to fp32's (speed, differences and WER in
+  docs/benchmarks.md). It runs on CPUs only, and happens when a model is loaded
   (`asr transcribe --quantize int8`): a quantized model holds packed weights, which a model file cannot (model
   files are plain tensors, loadable with `weights_only=True`).
 - `export_onnx(recognizer, path)` writes the whole Recognizer, audio in and CTC log-probabilities out, as one ONNX

@@ -97,12 +97,10 @@ def _require(condition: bool, key: str, problem: str) -> None:
 def uses_packing(packing: str, device: torch.device) -> bool:
     """Whether a recurrent layer runs on packed sequences; both ways give the same outputs, only speed differs.
 
-    "auto" pads on CPU. Measured with `tools/bench_rnn_packing.py --threads 1 --repeats 5` (batch 8, lengths spread
-    over [T/2, T], forward + backward, medians), padded against packed: one 640 → 2 × 512 GRU layer 0.50 s / 0.60 s at
-    T = 100 recurrent frames, 1.02 / 1.60 at 200, 2.24 / 4.65 at 400; the whole default model 2.7 / 3.8 s, 4.7 / 7.1
-    and 9.6 / 18.9. Padding wins although it computes a third more frames here, and wins more as utterances grow.
-    On CUDA "auto" packs, because cuDNN runs packed sequences natively and skips the padded steps; that choice is not
-    measured yet: run the same tool on a GPU to check it.
+    "auto" pads on CPU: there padding wins although it computes a third more frames in a length-bucketed batch, and
+    wins more as utterances grow (`tools/bench_rnn_packing.py`; figures in docs/benchmarks.md). On CUDA "auto"
+    packs, because cuDNN runs packed sequences natively and skips the padded steps; that choice is not measured yet:
+    run the same tool on a GPU to check it.
     """
     if packing == "auto":
         return device.type == "cuda"

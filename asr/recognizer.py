@@ -102,9 +102,9 @@ class Recognizer(nn.Module):
         feature_config = FeatureConfig.from_dict(payload["feature_config"])
         # Placeholder statistics: the real ones arrive with the state dict (they are buffers of the frontend).
         placeholder = {"mean": [0.0] * feature_config.n_mels, "std": [1.0] * feature_config.n_mels}
-        # Random initialization would be thrown away, and it is slow: the orthogonal recurrent matrices of the
-        # default model took 4 to 10 s of a 2-core CPU, longer than transcribing a minute of audio. So the acoustic
-        # model starts unallocated and takes the file's tensors as they are.
+        # Random initialization would be thrown away, and it is slow: orthogonalizing the recurrent matrices of a
+        # large model costs more than transcribing a minute of audio (docs/benchmarks.md). So the acoustic model
+        # starts unallocated and takes the file's tensors as they are.
         recognizer = cls(ModelConfig.from_dict(payload["model_config"]), feature_config,
                          tokenizer_from_dict(payload["tokenizer"]), cmvn_stats=placeholder, initialize=False)
         recognizer.load_state_dict(payload["state_dict"], assign=True)
