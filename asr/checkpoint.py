@@ -7,6 +7,8 @@ plus the trainer's state (optimizer, scheduler, grad scaler, sampler position, r
 
 Both hold only tensors and Python literals, so `torch.load(path, weights_only=True)` reads them: a model file
 downloaded from a stranger cannot run code on the machine that loads it.
+
+A training run keeps both in its `CheckpointDir` (`exp/NAME/checkpoints`).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from asr.errors import AsrError, ModelFileError
-from asr.files import atomic_write
+from asr.files import atomic_write, remove_unfinished_writes
 
 MODEL_FORMAT = "asr-model"
 MODEL_FORMAT_VERSION = 1
@@ -99,17 +101,6 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def checkpoints_to_average(exp_dir: str | Path, num: int, best: bool = False) -> list[Path]:
-    """The files of an experiment worth averaging: of those the trainer keeps in `exp_dir/checkpoints`, the `num` best
-    model files by dev WER (`best-*.pt`) with `best`, else the `num` latest checkpoints (`ckpt-*.pt`)."""
-    folder = Path(exp_dir) / "checkpoints"
-    if best:
-        found = sorted(folder.glob("best-*.pt"), key=lambda path: read_plain_data(path)["metadata"]["dev_wer"])
-        return found[:num]
-    found = sorted(folder.glob("ckpt-*.pt"), key=lambda path: int(path.stem.split("-")[1]))
-    return found[-num:]
-
-
 def average_model_files(paths: list[str | Path], out_path: str | Path) -> dict:
     """Average the weights of several model files or checkpoints of one run; writes a model file, returns it.
 
@@ -136,3 +127,57 @@ def average_model_files(paths: list[str | Path], out_path: str | Path) -> dict:
     result["metadata"] = dict(result.get("metadata", {}), averaged_from=[str(p) for p in paths])
     write_atomically(result, out_path)
     return result
+
+
+class CheckpointDir:
+    """A training run's `exp/NAME/checkpoints` folder: `ckpt-<step>.pt`, the trainer's latest checkpoints, and
+    `best-<step>.pt`, the model files of its best validations by dev WER. The trainer writes into it, `--resume`
+    takes its latest checkpoint, `asr average` its latest or best few, `asr report` its latest."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def checkpoint(self, step: int) -> Path:
+        return self.folder / f"ckpt-{step}.pt"
+
+    def best_model(self, step: int) -> Path:
+        return self.folder / f"best-{step}.pt"
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints, in step order."""
+        return sorted(self.folder.glob("ckpt-*.pt"), key=_step)
+
+    def latest(self) -> Path | None:
+        checkpoints = self.checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    def best_models(self) -> list[Path]:
+        """The best model files, lowest dev WER (in their metadata) first; of equal WERs, the earlier step."""
+        return sorted(self.folder.glob("best-*.pt"), key=lambda path: (read_plain_data(path)["metadata"]["dev_wer"],
+                                                                       _step(path)))
+
+    def to_average(self, num: int, best: bool = False) -> list[Path]:
+        """What `asr average` averages: the `num` best model files, or the `num` latest checkpoints."""
+        return self.best_models()[:num] if best else self.checkpoints()[-num:]
+
+    def save_checkpoint(self, step: int, recognizer, trainer_state: dict, metadata: dict, keep: int) -> None:
+        """Write the checkpoint of `step`, then delete all but the `keep` latest."""
+        save_checkpoint(self.checkpoint(step), recognizer, trainer_state, metadata)
+        for old in self.checkpoints()[:-keep]:
+            old.unlink()
+
+    def save_best(self, step: int, recognizer, metadata: dict) -> None:
+        save_model(recognizer, self.best_model(step), metadata)
+
+    def remove_best(self, step: int) -> None:
+        self.best_model(step).unlink(missing_ok=True)
+
+    def remove_unfinished_writes(self) -> list[Path]:
+        """Delete the temporary files that writes killed before their rename left here; returns their paths. (No
+        other process writes into a run's own checkpoint folder.)"""
+        return remove_unfinished_writes(self.folder)
+
+
+def _step(path: Path) -> int:
+    """The step of `ckpt-<step>.pt` or `best-<step>.pt`."""
+    return int(path.stem.split("-")[1])

@@ -215,11 +215,11 @@ def add_average(commands) -> None:
 
 
 def cmd_average(args) -> int:
-    from asr.checkpoint import average_model_files, checkpoints_to_average
+    from asr.checkpoint import CheckpointDir, average_model_files
 
     paths = list(args.checkpoints)
     if args.exp_dir:
-        paths += checkpoints_to_average(args.exp_dir, args.num, best=args.best)
+        paths += CheckpointDir(Path(args.exp_dir) / "checkpoints").to_average(args.num, best=args.best)
     if not paths:
         raise AsrError("average: no checkpoints found (give files, or --exp-dir DIR)")
     average_model_files(paths, args.out)

@@ -15,10 +15,10 @@ statistics of all its speaker's utterances in the manifest; one that names no sp
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from asr.data.manifest import read_manifest
+from asr.data.manifest import SkipLog, Utterance, read_manifest
 from asr.errors import AsrError
 from asr.scoring import SetScore, format_markdown, results_json, score, write_report
 from asr.text import normalize_text
@@ -42,19 +42,10 @@ def evaluate(recognizer, manifest_paths: Iterable[str | Path], decoder=None, out
     results: dict[str, SetScore] = {}
     for manifest in manifest_paths:
         utterances = read_manifest(manifest)
-        hyps: dict[str, str] = {}
-        unreadable: dict[str, str] = {}
-        transcripts = transcribe_files(recognizer, [utterance.audio for utterance in utterances], decoder,
-                                       batch_size=batch_size, max_batch_seconds=max_batch_seconds,
-                                       chunk_seconds=chunk_seconds, progress=progress,
-                                       speaker_cmvn=_speaker_cmvn(recognizer, utterances, progress))
-        for utterance, (_, transcript) in zip(utterances, transcripts):  # transcribe_files keeps the order
-            if isinstance(transcript, AsrError):
-                unreadable[utterance.id] = str(transcript)
-                log.warning("%s: utterance %s is scored as all deletions: %s", manifest, utterance.id, transcript)
-            else:
-                hyps[utterance.id] = transcript.text
-        result = score({utterance.id: utterance.text for utterance in utterances}, hyps, normalize=normalize_text)
+        result, unreadable = score_utterances(recognizer, utterances, decoder, name=str(manifest),
+                                              batch_size=batch_size, max_batch_seconds=max_batch_seconds,
+                                              chunk_seconds=chunk_seconds, progress=progress,
+                                              speaker_cmvn=_speaker_cmvn(recognizer, utterances, progress))
         results[str(manifest)] = result
         if out_dir is not None:
             _write_set_report(Path(out_dir) / manifest.stem, str(manifest), result, unreadable)
@@ -62,6 +53,28 @@ def evaluate(recognizer, manifest_paths: Iterable[str | Path], decoder=None, out
         (Path(out_dir) / "results.md").write_text(format_markdown(results) + "\n", encoding="utf-8")
         (Path(out_dir) / "results.json").write_text(results_json(results) + "\n", encoding="utf-8")
     return list(results.values())
+
+
+def score_utterances(recognizer, utterances: Sequence[Utterance], decoder=None, name: str = "",
+                     batch_size: int = 16, max_batch_seconds: float = 240.0, chunk_seconds: float = 60.0,
+                     progress: bool = False, speaker_cmvn: Sequence | None = None) -> tuple[SetScore, SkipLog]:
+    """Transcribe utterances and score them against their transcripts: how `evaluate` scores each manifest, and the
+    trainer its dev set. Returns the score and the utterances whose audio could not be read (scored as all
+    deletions, each named in a warning under `name`). `speaker_cmvn`: one (2, n_mels) array an utterance, for a model
+    normalized by speaker."""
+    hyps: dict[str, str] = {}
+    unreadable = SkipLog()
+    transcripts = transcribe_files(recognizer, [utterance.audio for utterance in utterances], decoder,
+                                   batch_size=batch_size, max_batch_seconds=max_batch_seconds,
+                                   chunk_seconds=chunk_seconds, progress=progress, speaker_cmvn=speaker_cmvn)
+    for utterance, (_, transcript) in zip(utterances, transcripts):  # transcribe_files keeps the order
+        if isinstance(transcript, AsrError):
+            unreadable.add(utterance.id, str(transcript))
+            log.warning("%s: utterance %s is scored as all deletions: %s", name, utterance.id, transcript)
+        else:
+            hyps[utterance.id] = transcript.text
+    return score({utterance.id: utterance.text for utterance in utterances}, hyps, normalize=normalize_text), \
+        unreadable
 
 
 def _speaker_cmvn(recognizer, utterances, progress: bool):
@@ -83,10 +96,7 @@ def _check_report_folders(manifest_paths: list[Path]) -> None:
         first_with_stem[manifest.stem] = manifest
 
 
-def _write_set_report(folder: Path, name: str, result: SetScore, unreadable: dict[str, str]) -> None:
+def _write_set_report(folder: Path, name: str, result: SetScore, unreadable: SkipLog) -> None:
     write_report(folder, name, result)
-    if unreadable:
-        with open(folder / "unreadable.tsv", "w", encoding="utf-8") as table:
-            table.write("id\terror\n")
-            for utterance_id, error in unreadable.items():
-                table.write(f"{utterance_id}\t{error}\n")
+    if unreadable.entries:
+        unreadable.write(folder / "unreadable.tsv", header=("id", "error"))

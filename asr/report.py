@@ -21,7 +21,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from asr.checkpoint import load_model, read_plain_data
+from asr.checkpoint import CheckpointDir, load_model, read_plain_data
 from asr.errors import AsrError
 from asr.metrics import read_metrics
 
@@ -142,8 +142,8 @@ def summarize_experiment(exp_dir: str | Path) -> ExperimentSummary:
     config = recognizer.model_config
     model = f"{config.num_layers} × {config.hidden_size} Bi{config.rnn_type.upper()}"  # every layer is bidirectional
 
-    checkpoints = sorted((exp_dir / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    progress = read_plain_data(checkpoints[-1])["metadata"] if checkpoints else recognizer.metadata
+    latest = CheckpointDir(exp_dir / "checkpoints").latest()
+    progress = read_plain_data(latest)["metadata"] if latest else recognizer.metadata
     starts = [record for record in read_metrics(exp_dir / "metrics.jsonl") if record["event"] == "start"]
     start = starts[-1] if starts else {}  # the last start (or resume) counts
     return ExperimentSummary(

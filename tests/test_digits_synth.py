@@ -11,9 +11,9 @@ import soundfile as sf
 
 from asr.config import load_config
 from asr.data import synth
-from asr.data.manifest import read_manifest
+from asr.data.manifest import SkipLog, read_manifest
 from asr.text import CharTokenizer
-from asr.train import SkipLog, usable_utterances
+from asr.train import usable_utterances
 
 
 def test_held_out_espeak_voices_share_no_accent_and_no_variant_with_training():

@@ -232,13 +232,13 @@ import sys
 import torch
 from asr import distributed
 from asr.cli import main
-from asr.train import Trainer
-loss, calls = Trainer._loss, []
-def nan_on_rank_1(self, batch):
+import asr.train
+loss, calls = asr.train.batch_loss, []
+def nan_on_rank_1(model, batch, amp_dtype):
     calls.append(batch.ids)
-    value = loss(self, batch)
+    value = loss(model, batch, amp_dtype)
     return value * float("nan") if distributed.rank() == 1 and len(calls) == 3 else value
-Trainer._loss = nan_on_rank_1
+asr.train.batch_loss = nan_on_rank_1
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -20,12 +20,12 @@ import pytest
 import soundfile
 import torch
 
+import asr.train
 from asr.checkpoint import load_checkpoint, load_model, read_plain_data
 from asr.cli import main
 from asr.data.manifest import Utterance, write_manifest
 from asr.errors import ModelFileError
 from asr.metrics import read_metrics
-from asr.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny.yaml"
@@ -217,15 +217,15 @@ def test_a_full_disk_stops_training_with_a_clear_message_and_resume_continues(ma
 
 
 def run_with_losses_replaced(monkeypatch, manifest, exp, replace, *settings):
-    """Train in this process with Trainer._loss wrapped: `replace(call_number, loss_of)` returns the loss of the
-    call-th batch (1-based), or raises; `loss_of()` computes the real one. Returns the CLI's exit status."""
-    loss, calls = Trainer._loss, []
+    """Train in this process with asr.train.batch_loss wrapped: `replace(call_number, loss_of)` returns the loss of
+    the call-th batch (1-based), or raises; `loss_of()` computes the real one. Returns the CLI's exit status."""
+    loss, calls = asr.train.batch_loss, []
 
-    def replaced_loss(self, batch):
+    def replaced_loss(model, batch, amp_dtype):
         calls.append(batch.ids)
-        return replace(len(calls), lambda: loss(self, batch))
+        return replace(len(calls), lambda: loss(model, batch, amp_dtype))
 
-    monkeypatch.setattr(Trainer, "_loss", replaced_loss)
+    monkeypatch.setattr(asr.train, "batch_loss", replaced_loss)
     return main(train_arguments(manifest, exp) + list(settings)), calls
 
 
@@ -252,14 +252,14 @@ def test_a_batch_too_large_for_the_gpu_is_skipped_counted_and_training_goes_on(m
 
 OUT_OF_MEMORY_ON_THE_SECOND_BATCH = textwrap.dedent("""
     import torch
-    from asr.train import Trainer
-    loss, calls = Trainer._loss, []
-    def out_of_memory_on_the_second_batch(self, batch):
+    import asr.train
+    loss, calls = asr.train.batch_loss, []
+    def out_of_memory_on_the_second_batch(model, batch, amp_dtype):
         calls.append(batch.ids)
         if len(calls) == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
-        return loss(self, batch)
-    Trainer._loss = out_of_memory_on_the_second_batch
+        return loss(model, batch, amp_dtype)
+    asr.train.batch_loss = out_of_memory_on_the_second_batch
 """)
 
 

@@ -12,13 +12,23 @@ import pytest
 import soundfile
 import torch
 
+import asr.train
 from asr.checkpoint import load_checkpoint, load_model, read_plain_data
 from asr.config import load_config
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.errors import ConfigError
 from asr.features import SpeakerCmvn, estimate_speaker_cmvn
 from asr.metrics import read_metrics
-from asr.train import Trainer, autocast_dtype, evaluate_loss_and_wer, latest_checkpoint, lr_factor, scales_losses, train
+from asr.train import (
+    Schedule,
+    autocast_dtype,
+    dev_loss,
+    lr_factor,
+    restore_loss_scaler,
+    scales_losses,
+    start_training,
+    train,
+)
 
 DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +73,7 @@ def test_ctc_loss_goes_to_near_zero_when_overfitting_real_utterances(tmp_path, f
     assert history["dev_wer"] == 0.0  # the four words, recognized back by greedy decoding
 
 
-def test_resume_follows_the_same_losses_as_a_straight_run(tmp_path, fsdd_dir):
+def test_resume_follows_the_same_losses_as_a_straight_run(tmp_path, fsdd_dir, monkeypatch):
     names = [f"{d}_{s}_{t}" for d in (2, 5, 8) for s in ("george", "yweweler") for t in (6, 7)]
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", names)
     # Everything random is on: speed perturbation, SpecAugment, dropout, shuffled buckets.
@@ -75,16 +85,20 @@ def test_resume_follows_the_same_losses_as_a_straight_run(tmp_path, fsdd_dir):
     class Crash(Exception):
         pass
 
-    class CrashesAfterStep5(Trainer):
-        def _after_step(self, budget):
-            stop = super()._after_step(budget)
-            if self.state.step == 5:  # the last checkpoint is at step 4: one step of work is lost and redone
-                raise Crash()
-            return stop
+    loss, calls = asr.train.batch_loss, []
+
+    def crashes_in_step_6(model, batch, amp_dtype):  # one batch a step
+        calls.append(batch.ids)
+        if len(calls) == 6:  # the last checkpoint is at step 4: step 5's work is lost and redone
+            raise Crash()
+        return loss(model, batch, amp_dtype)
 
     resumed = tmp_path / "resumed"
+    monkeypatch.setattr(asr.train, "batch_loss", crashes_in_step_6)
     with pytest.raises(Crash):
-        CrashesAfterStep5(small_config(manifest, **settings), resumed, progress=False).run()
+        train(small_config(manifest, **settings), resumed, progress=False)
+    assert [step for step, _ in logged_losses(resumed)] == [1, 2, 3, 4, 5]
+    monkeypatch.setattr(asr.train, "batch_loss", loss)
     train(small_config(manifest, **settings), resumed, resume=True, progress=False)
 
     straight_losses = dict(logged_losses(straight))
@@ -109,13 +123,14 @@ def test_same_seed_same_model_different_seed_different_model(tmp_path, fsdd_dir)
 
 def test_the_saved_config_holds_the_sizes_the_model_was_built_with(tmp_path, fsdd_dir):
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
-    config = small_config(manifest, **{"features.n_mels": 40})
+    config = small_config(manifest, **{"features.n_mels": 40, "train.max_steps": 1})
     given = copy.deepcopy(config)
-    trainer = Trainer(config, tmp_path / "exp", progress=False)
+    train(config, tmp_path / "exp", progress=False)
     saved = load_config(tmp_path / "exp" / "config.yaml")
-    assert saved.model.input_dim == 40 == trainer.model.acoustic.config.input_dim
-    assert saved.model.vocab_size == trainer.tokenizer.vocab_size == trainer.config.model.vocab_size
-    assert config == given and config.model.vocab_size != trainer.tokenizer.vocab_size  # the caller's, untouched
+    model = load_model(tmp_path / "exp" / "model.pt")
+    assert saved.model.input_dim == 40 == model.acoustic.config.input_dim
+    assert saved.model.vocab_size == model.tokenizer.vocab_size == model.model_config.vocab_size
+    assert config == given and config.model.vocab_size != model.tokenizer.vocab_size  # the caller's, untouched
 
 
 def test_speaker_normalization_trains_and_validates_with_each_speakers_statistics(tmp_path, fsdd_dir):
@@ -123,7 +138,7 @@ def test_speaker_normalization_trains_and_validates_with_each_speakers_statistic
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", names)
     dev = fsdd_manifest(fsdd_dir, tmp_path / "dev.jsonl", ["1_george_0", "2_lucas_0", "1_lucas_1"])
     config = small_config(manifest, dev, **{"features.normalization": "speaker", "train.max_steps": 2})
-    trainer = Trainer(config, tmp_path / "exp", progress=False)
+    trainer = start_training(config, tmp_path / "exp", progress=False)
     expected = {name: estimate_speaker_cmvn(read_manifest(path), config.features, progress=False)
                 for name, path in (("train", manifest), ("dev", dev))}
     assert expected["train"].keys() == {"george", "yweweler"} and expected["dev"].keys() == {"george", "lucas"}
@@ -147,14 +162,13 @@ def test_speaker_normalization_trains_and_validates_with_each_speakers_statistic
     assert all(any(torch.allclose(row, known) for known in speaker_rows.values()) for row in training_rows)
     assert {speaker for row in training_rows for speaker, known in speaker_rows.items()
             if torch.allclose(row, known)} == {"george", "yweweler"}
-    dev_loss = trainer.state.history[-1]["loss"]
+    validated = trainer.state.history[-1]["loss"]
     model = trainer.model
     dev_table = SpeakerCmvn(expected["dev"], training_set)
-    assert evaluate_loss_and_wer(model, read_manifest(dev), config, speaker_cmvn=dev_table)["loss"] == \
-        pytest.approx(dev_loss, rel=1e-6)
+    assert dev_loss(model, read_manifest(dev), config, speaker_cmvn=dev_table) == pytest.approx(validated, rel=1e-6)
     # Without them, each utterance normalized as one of no known speaker: another loss, even from this barely
     # trained model.
-    assert abs(evaluate_loss_and_wer(model, read_manifest(dev), config)["loss"] - dev_loss) > 1e-4
+    assert abs(dev_loss(model, read_manifest(dev), config) - validated) > 1e-4
 
 
 @pytest.mark.parametrize("normalization", ["global", "speaker"])
@@ -221,10 +235,14 @@ def test_a_checkpoint_saved_without_loss_scaling_resumes_with_it(tmp_path, fsdd_
     # checkpoint's empty state. Scaling is CUDA-only in the trainer, so a CPU scaler stands in for the GPU's.
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
     train(small_config(manifest, **{"train.max_steps": 2}), tmp_path / "exp", progress=False)
-    trainer = Trainer(small_config(manifest, **{"train.max_steps": 2}), tmp_path / "exp", progress=False)
-    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
-    trainer._restore(load_checkpoint(latest_checkpoint(tmp_path / "exp")))
-    assert trainer.state.step == 2 and trainer.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
+    saved = load_checkpoint(tmp_path / "exp" / "checkpoints" / "ckpt-2.pt")["trainer"]["scaler"]
+    assert saved == {}  # a CPU run scales no loss
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    restore_loss_scaler(scaler, saved)
+    assert scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
+    scaled = torch.amp.GradScaler("cpu", init_scale=8.0)
+    restore_loss_scaler(scaler, scaled.state_dict())
+    assert scaler.get_scale() == 8.0
 
 
 def test_warmup_then_cosine_decay():
@@ -243,12 +261,12 @@ def test_the_run_counts_shuffled_epochs_and_warms_up_over_a_fraction_of_it(tmp_p
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", names)
     config = small_config(manifest, **{"data.sortagrad": "true", "train.epochs": 2, "optim.warmup_fraction": 0.25,
                                        "optim.min_lr_ratio": 0.1, "optim.lr": 1e-3})
-    trainer = Trainer(config, tmp_path / "exp", progress=False)
+    trainer = start_training(config, tmp_path / "exp", progress=False)
     sorted_epoch, shuffled_epoch = (len(trainer.sampler.global_batches(epoch)) for epoch in (0, 1))
     assert sorted_epoch < shuffled_epoch  # SortaGrad's sorted epoch packs into fewer batches
     total = 2 * shuffled_epoch
     warmup = round(0.25 * total)
-    assert (trainer.total_steps, trainer.warmup_steps) == (total, warmup)
+    assert (trainer.schedule.total_steps, trainer.schedule.warmup_steps) == (total, warmup)
     trainer.run()
     records = [r for r in read_metrics(tmp_path / "exp" / "metrics.jsonl") if r["event"] == "train"]
     assert [r["step"] for r in records] == list(range(1, sorted_epoch + shuffled_epoch + 1))
@@ -263,14 +281,18 @@ def test_decay_by_time_follows_the_budget(tmp_path, fsdd_dir):
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
     config = small_config(manifest, **{"optim.decay_by": "time", "train.max_minutes": 10,
                                        "optim.warmup_fraction": 0.1, "optim.min_lr_ratio": 0.0})
-    trainer = Trainer(config, tmp_path / "exp", progress=False)
-    trainer.state.elapsed = 30.0  # half the warmup: a tenth of the ten minutes
-    assert trainer._lr_factor(3) == pytest.approx(0.5)
-    trainer.state.elapsed = 60.0 + 270.0  # half the decay, whatever the step
-    assert trainer._lr_factor(50) == pytest.approx(0.5)
+    schedule = Schedule(config.optim, total_steps=100, budget_seconds=600)
+    assert schedule.factor(3, elapsed=30.0) == pytest.approx(0.5)  # half the warmup: a tenth of the ten minutes
+    assert schedule.factor(50, elapsed=60.0 + 270.0) == pytest.approx(0.5)  # half the decay, whatever the step
+    assert schedule.factor(3, elapsed=600.0) == pytest.approx(0.0)
+    # A run trains under it: its learning rates rise over the first minute, whatever the steps.
+    train(small_config(manifest, **{"optim.decay_by": "time", "train.max_minutes": 10, "train.max_steps": 3}),
+          tmp_path / "exp", progress=False)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "exp" / "metrics.jsonl") if r["event"] == "train"]
+    assert len(lrs) == 3 and 0 == lrs[0] < lrs[1] < lrs[2] < 3e-3
     without_budget = small_config(manifest, **{"optim.decay_by": "time"})
     with pytest.raises(ConfigError, match="max_minutes"):
-        Trainer(without_budget, tmp_path / "exp2", progress=False)
+        train(without_budget, tmp_path / "exp2", progress=False)
 
 
 @pytest.mark.slow

@@ -135,3 +135,31 @@ class PrepReport:
             shown = ", ".join(ids[:max_ids]) + (", ..." if len(ids) > max_ids else "")
             lines.append(f"  {reason}: {len(ids)} ({shown})")
         return "\n".join(lines)
+
+
+@dataclass
+class SkipLog:
+    """Utterances left out, each with its reason: the trainer's (`skipped.tsv`: not trained on) and an evaluation's
+    (`unreadable.tsv`: scored as all deletions). Never silent.
+
+    An utterance met again (an unreadable file, every epoch and after a resume) is listed once, with its first reason.
+    """
+    entries: dict[str, str] = field(default_factory=dict)  # utterance id → reason
+
+    def add(self, utterance_id: str, reason: str) -> None:
+        self.entries.setdefault(utterance_id, reason)
+
+    def summary(self) -> str:
+        """The counts by reason (the part of each before a colon), e.g. "2 unreadable audio, 1 ..."."""
+        counts: dict[str, int] = {}
+        for reason in self.entries.values():
+            key = reason.split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "none"
+
+    def write(self, path: str | Path, header: tuple[str, str] | None = None) -> None:
+        """One tab-separated line an utterance, id and reason, under an optional header line."""
+        with open(path, "w", encoding="utf-8") as table:
+            if header:
+                table.write("\t".join(header) + "\n")
+            table.writelines(f"{utterance_id}\t{reason}\n" for utterance_id, reason in self.entries.items())
