@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from asr.checkpoint import (
+    CheckpointDir,
     average_model_files,
     load_checkpoint,
     load_model,
@@ -143,3 +144,30 @@ def test_average_refuses_different_models(tmp_path):
                tmp_path / "b.pt")
     with pytest.raises(ModelFileError, match="different model"):
         average_model_files([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "avg.pt")
+
+
+def test_a_checkpoint_folder_lists_by_step_keeps_the_latest_and_picks_the_best(tmp_path):
+    folder = CheckpointDir(tmp_path / "checkpoints")
+    recognizer = tiny_recognizer()
+    assert folder.latest() is None and folder.checkpoints() == [] and folder.best_models() == []
+    for step in (9, 10, 30, 100):  # in step order, not the names' (ckpt-100 < ckpt-30 < ckpt-9 as text)
+        folder.save_checkpoint(step, recognizer, {"step": step}, {"step": step}, keep=3)
+    assert [path.name for path in folder.checkpoints()] == ["ckpt-10.pt", "ckpt-30.pt", "ckpt-100.pt"]  # 9 pruned
+    assert folder.latest() == folder.checkpoint(100)
+    assert load_checkpoint(folder.latest())["trainer"] == {"step": 100}
+    for step, wer in ((10, 0.3), (30, 0.1), (100, 0.2), (200, 0.1)):
+        folder.save_best(step, recognizer, {"dev_wer": wer})
+    folder.remove_best(200)
+    folder.save_best(20, recognizer, {"dev_wer": 0.1})  # a tie goes to the earlier step
+    assert [path.name for path in folder.best_models()] == ["best-20.pt", "best-30.pt", "best-100.pt", "best-10.pt"]
+    assert folder.to_average(2, best=True) == [folder.best_model(20), folder.best_model(30)]
+    assert folder.to_average(2) == [folder.checkpoint(30), folder.checkpoint(100)]
+
+
+def test_a_checkpoint_folder_removes_what_killed_writes_left(tmp_path):
+    folder = CheckpointDir(tmp_path)
+    save_model(tiny_recognizer(), tmp_path / "ckpt-1.pt")
+    leftover = tmp_path / ".ckpt-2.pt.abc123.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    assert folder.remove_unfinished_writes() == [leftover]
+    assert not leftover.exists() and (tmp_path / "ckpt-1.pt").exists()
