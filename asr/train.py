@@ -452,26 +452,27 @@ class Trainer:
         while not stop and state.epoch < every.epochs:
             window = LogWindow()
             for micro_batches in self.epoch_steps():
-                figures = self.forward_backward(micro_batches)  # None: the step skipped on every rank
+                figures = self.forward_backward(micro_batches)  # None: the step is skipped on every rank
                 if figures is not None:
-                    figures.update(self.optimizer_step())
+                    figures.update(self.optimizer_step())  # clip, step
                 self.sampler.advance(1)
                 self.count_training_time()
-                if figures is not None:
-                    self.scheduler.step()
-                    state.step, state.bad_in_row = state.step + 1, 0
-                    window.add(figures)
-                    if state.step % every.log_every == 0:
-                        self.log_step(window, figures)
-                        window = LogWindow()
-                    stop = self.run_is_over()
-                    if stop or self.due(every.validate_every):
-                        stop = self.validate() or stop
-                    if stop or self.due(every.checkpoint_every):
-                        self.save_checkpoint()
-                state.clock = time.perf_counter()  # validation and checkpoints are not training time
+                if figures is None:
+                    continue
+                self.scheduler.step()
+                state.step, state.bad_in_row = state.step + 1, 0
+                window.add(figures)
+                if state.step % every.log_every == 0:
+                    self.log_step(window, figures)
+                    window = LogWindow()
+                stop = self.run_is_over()
+                if stop or self.due(every.validate_every):
+                    stop = self.validate() or stop
+                if stop or self.due(every.checkpoint_every):
+                    self.save_checkpoint()
                 if stop:
                     break
+                state.clock = time.perf_counter()  # validation and checkpoints are not training time
             if self.sampler.position >= self.sampler.num_steps:  # the epoch ran to its end
                 stop = self.end_epoch(stop)
         return self.finish()
@@ -514,7 +515,9 @@ class Trainer:
         """Add the time since `state.clock` to `state.elapsed` (data loading included), as rank 0 measured it: the
         time budget must end all ranks at the same step, and a learning rate decayed by time must be the same
         everywhere (the scheduler reads it next)."""
-        self.state.elapsed = distributed.from_main(self.state.elapsed + time.perf_counter() - self.state.clock)
+        now = time.perf_counter()
+        self.state.elapsed = distributed.from_main(self.state.elapsed + now - self.state.clock)
+        self.state.clock = now
 
     # -- one step ------------------------------------------------------------------------------------------------
 
