@@ -44,7 +44,6 @@ from asr.data.sampler import DurationBucketSampler
 from asr.errors import AsrError, ConfigError
 from asr.evaluate import score_utterances
 from asr.features import SpeakerCmvn, estimate_cmvn, estimate_speaker_cmvn, load_cmvn, save_cmvn
-from asr.files import remove_unfinished_writes
 from asr.metrics import MetricsLog
 from asr.recognizer import Recognizer
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer, load_tokenizer, tokenizer_from_dict
