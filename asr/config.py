@@ -2,7 +2,7 @@
 
 A recipe's `conf/train.yaml` has one section a dataclass (`data`, `tokenizer`, `features`, `specaugment`, `augment`,
 `model`, `optim`, `train`). `asr train --config C.yaml model.num_layers=3 optim.lr=2e-3` overrides single keys; values
-are parsed as YAML, so `train.speed_factors=[0.9,1.0,1.1]` works. Unknown keys are errors, not silently ignored: a
+are parsed as YAML, so `data.speed_factors=[0.9,1.0,1.1]` works. Unknown keys are errors, not silently ignored: a
 typo in a config must never train the wrong model for a day.
 """
 from __future__ import annotations

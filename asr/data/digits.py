@@ -132,7 +132,7 @@ def build_connected_digits(
         reports[split].written = _write_split(out_dir, split, split_number, plan, waves, seed, composition, progress)
 
     finished = {split: {"written": report.written, "skipped": report.skipped} for split, report in reports.items()}
-    _write_json_atomic(out_dir / STAMP_NAME, {"args": stamp, "reports": finished})
+    write_text_atomically(out_dir / STAMP_NAME, json.dumps({"args": stamp, "reports": finished}, indent=2) + "\n")
     return reports
 
 
@@ -291,7 +291,7 @@ def _write_split(out_dir, split, split_number, plan, waves, seed, composition, p
         utterance_id = f"{split}-{speaker}-{index:05d}"
         # One generator per utterance, seeded by its place: the audio does not depend on what was drawn before it.
         rng = np.random.default_rng([seed, split_number, index])
-        samples, spans = _join_recordings([waves[recording.name] for recording in chosen], rng, composition)
+        samples, spans = join_recordings([waves[recording.name] for recording in chosen], rng, composition)
         wav_path = wav_dir / f"{utterance_id}.wav"
         sf.write(str(wav_path), samples, SAMPLE_RATE, subtype="PCM_16")
         text = " ".join(DIGIT_WORDS[recording.digit] for recording in chosen)
@@ -309,11 +309,11 @@ def _write_split(out_dir, split, split_number, plan, waves, seed, composition, p
             }
         )
     write_manifest(out_dir / f"{split}.jsonl", utterances)
-    _write_jsonl_atomic(out_dir / f"{split}_sources.jsonl", sources)
+    write_text_atomically(out_dir / f"{split}_sources.jsonl", "".join(json.dumps(source) + "\n" for source in sources))
     return len(utterances)
 
 
-def _join_recordings(clips, rng, composition) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def join_recordings(clips, rng, composition) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Lay the clips end to end over a noise floor; returns int16 samples and each clip's (start, end) sample."""
     edges = rng.uniform(*composition.edge_silence_seconds, size=2)
     pauses = rng.uniform(*composition.pause_seconds, size=len(clips) - 1)
@@ -347,13 +347,3 @@ def _read_stamp(out_dir: Path) -> dict | None:
         return json.loads((out_dir / STAMP_NAME).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
-
-
-def _write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
-
-

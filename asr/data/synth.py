@@ -36,9 +36,10 @@ import soundfile as sf
 from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, load_samples, resample
-from asr.data.digits import DIGIT_WORDS, Composition, _join_recordings, _write_json_atomic
+from asr.data.digits import DIGIT_WORDS, Composition, join_recordings
 from asr.data.manifest import Utterance, write_manifest
 from asr.errors import AsrError
+from asr.files import write_text_atomically
 
 # Accents and variants (`espeak-ng --voices=variant`) of training and of the held-out voices: no accent and no
 # variant of one appears in the other. Whispered and robotic variants are left out of both.
@@ -215,7 +216,7 @@ def synthesize(source: str, held_out: bool, rng, tools: dict) -> Spoken:
                                 rng.uniform(0.5, 1.0))
         return Spoken(place(speech, rng), text, "piper:joe")
     if source == "asterisk":
-        samples, _ = _join_recordings([tools["asterisk"][digit] for digit in digits], rng,
+        samples, _ = join_recordings([tools["asterisk"][digit] for digit in digits], rng,
                                       Composition(edge_silence_seconds=EDGE_SECONDS))
         return Spoken(samples / 32768.0, text, "asterisk:allison")
     raise ValueError(f"unknown source {source!r}")
@@ -263,7 +264,7 @@ def build_all(out_dir, counts: dict[str, int] | None = None, seed: int = 0, prog
     (out_dir / STAMP_NAME).unlink(missing_ok=True)
     for name, count in counts.items():
         build_set(out_dir, name, count, seed, progress)
-    _write_json_atomic(out_dir / STAMP_NAME, stamp)
+    write_text_atomically(out_dir / STAMP_NAME, json.dumps(stamp, indent=2) + "\n")
     return counts
 
 
