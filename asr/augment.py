@@ -1,19 +1,21 @@
-"""Waveform augmentation for what real microphones add: a room, noise, a level, a telephone line.
+"""Waveform augmentation, in the dataset (asr.data.dataset), of training utterances only; each draw comes from the
+generator the dataset hands over ((seed, epoch, index): the same in every run and every DataLoader worker).
 
-Each training utterance goes through the enabled effects in a fixed order, each applied with its probability and
-its parameters drawn from the generator the dataset hands over ((seed, epoch, index): the same in every run and
-every DataLoader worker):
+- speed perturbation (`speed_perturb`, Ko et al., 2015), from `data.speed_factors`;
+- what real microphones add: a room, noise, a level, a telephone line. The `augment:` section of a config is
+  `AugmentConfig`, everything off by default; each utterance goes through the enabled effects in a fixed order, each
+  applied with its probability:
+  1. room reverberation: convolution with a simulated impulse response, a direct path then exponentially decaying
+     Gaussian noise whose energy falls 60 dB in a drawn RT60 (the statistical model of a diffuse late field,
+     Polack 1988); the output is aligned on the direct path, so word times do not move;
+  2. additive noise at a drawn SNR: white, pink (1/f), brown (1/f²), mains hum, or babble (other training
+     utterances summed);
+  3. gain: a drawn level change, limited so that the peak stays below full scale;
+  4. telephone channel: 300-3400 Hz band-pass, 8 kHz, 8-bit μ-law, and back to the input's rate.
+  They are plain numpy/scipy on (S,) float waveforms.
 
-1. room reverberation: convolution with a simulated impulse response, a direct path then exponentially decaying
-   Gaussian noise whose energy falls 60 dB in a drawn RT60 (the statistical model of a diffuse late field,
-   Polack 1988); the output is aligned on the direct path, so word times do not move;
-2. additive noise at a drawn SNR: white, pink (1/f), brown (1/f²), mains hum, or babble (other training
-   utterances summed);
-3. gain: a drawn level change, limited so that the peak stays below full scale;
-4. telephone channel: 300-3400 Hz band-pass, 8 kHz, 8-bit μ-law, and back to the input's rate.
-
-Speed perturbation, VTLP and SpecAugment live elsewhere (asr.features); this module is plain numpy/scipy on (S,)
-float waveforms. The `augment:` section of a config is `AugmentConfig`; everything is off by default.
+The augmentation of the features, VTLP and SpecAugment, runs in the model's frontend on its device, in training mode
+(asr.specaugment): a model file loaded to transcribe needs it, and none of this.
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy import signal
 
+from asr.audio import SAMPLE_RATE, resample
 from asr.errors import ConfigError
 
 NOISE_KINDS = ("white", "pink", "brown", "hum", "babble")
@@ -192,3 +196,15 @@ class Augmenter:
         if rng.random() < cfg.telephone_prob:
             audio = telephone(audio, self.sample_rate)
         return audio.astype(np.float32)
+
+
+# -- speed perturbation ------------------------------------------------------------------------------------------
+
+def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Play a waveform `factor` times faster, as Kaldi's sox `speed` does: duration / factor, pitch × factor.
+
+    The samples are taken as if recorded at `sample_rate * factor` and resampled to `sample_rate`.
+    """
+    if factor <= 0:
+        raise ValueError(f"speed factor must be positive, got {factor}")
+    return resample(wave, sample_rate * factor, sample_rate)

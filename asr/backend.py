@@ -61,7 +61,7 @@ class SpeechRecognizer(Protocol):
         recording's speaker's statistics, for a model normalized by speaker."""
 
     def speaker_cmvn(self, utterances: Iterable, progress: bool = False):
-        """For a model normalized by speaker: an `asr.features.SpeakerCmvn` of the statistics of each speaker over
+        """For a model normalized by speaker: an `asr.normalization.SpeakerStats` of the statistics of each speaker over
         `utterances` (objects with `.audio` and `.speaker`); AsrError for a model that cannot take them."""
 
     def describe(self) -> str:

@@ -147,7 +147,7 @@ def add_cmvn(commands) -> None:
 def cmd_cmvn(args) -> int:
     from asr.config import load_config
     from asr.data.manifest import read_manifest
-    from asr.features import estimate_cmvn, save_cmvn
+    from asr.normalization import estimate_cmvn, save_cmvn
 
     config = load_config(args.config, args.overrides)
     stats = estimate_cmvn(read_manifest(args.manifest), config.features, max_utterances=args.max_utterances,

@@ -15,9 +15,10 @@ import yaml
 
 from asr.augment import AugmentConfig
 from asr.errors import ConfigError
-from asr.features import FeatureConfig, SpecAugmentConfig
+from asr.features import FeatureConfig
 from asr.model import ModelConfig
 from asr.plain_data import build_dataclass
+from asr.specaugment import SpecAugmentConfig
 
 
 @dataclass

@@ -10,7 +10,7 @@ With `out_dir`, each set gets `out_dir/<manifest stem>/{hyp.txt, ref.txt, wer.js
 
 A model trained with `features.normalization: speaker` is normalized here as in training: each utterance by the
 statistics of all its speaker's utterances in the manifest; one that names no speaker is normalized as
-`asr transcribe` normalizes a file (`asr.features.training_set_at_own_level`).
+`asr transcribe` normalizes a file (`asr.normalization.training_set_at_own_level`).
 """
 from __future__ import annotations
 

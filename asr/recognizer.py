@@ -14,8 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from asr.features import FeatureConfig, Frontend, SpeakerCmvn, SpecAugmentConfig, estimate_speaker_cmvn
+from asr.features import FeatureConfig
+from asr.frontend import Frontend
 from asr.model import AcousticModel, ModelConfig
+from asr.normalization import SpeakerStats
+from asr.specaugment import SpecAugmentConfig
 from asr.text import tokenizer_from_dict
 
 
@@ -86,11 +89,11 @@ class Recognizer(nn.Module):
         finally:
             self.train(was_training)
 
-    def speaker_cmvn(self, utterances, progress: bool = False) -> SpeakerCmvn:
+    def speaker_cmvn(self, utterances, progress: bool = False) -> SpeakerStats:
         """Each speaker's statistics over `utterances` (objects with `.audio` and `.speaker`), and the training set's
         (which the model holds) for an utterance of no known speaker."""
-        training_set = {"mean": self.frontend.cmvn.mean.tolist(), "std": self.frontend.cmvn.std.tolist()}
-        return SpeakerCmvn(estimate_speaker_cmvn(utterances, self.feature_config, progress=progress), training_set)
+        return SpeakerStats.estimate(utterances, self.feature_config, self.frontend.cmvn.statistics(),
+                                     progress=progress)
 
     def describe(self) -> str:
         acoustic = self.acoustic.describe(input_frame_rate=1000.0 / self.feature_config.hop_ms)

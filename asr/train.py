@@ -43,8 +43,15 @@ from asr.data.manifest import SkipLog, Utterance, read_manifest
 from asr.data.sampler import DurationBucketSampler
 from asr.errors import AsrError, ConfigError
 from asr.evaluate import score_utterances
-from asr.features import SpeakerCmvn, estimate_cmvn, estimate_speaker_cmvn, load_cmvn, save_cmvn
 from asr.metrics import MetricsLog
+from asr.normalization import (
+    SpeakerStats,
+    estimate_cmvn,
+    load_cmvn,
+    load_speaker_stats,
+    save_cmvn,
+    save_speaker_stats,
+)
 from asr.recognizer import Recognizer
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer, load_tokenizer, tokenizer_from_dict
 
@@ -219,8 +226,8 @@ class Prepared:
     dev_utts: list[Utterance]
     skips: SkipLog  # the training utterances left out, and why
     cmvn: dict | None  # global statistics, under normalization global (or speaker: for audio of no known speaker)
-    speaker_cmvn: SpeakerCmvn | None  # each speaker's statistics, under normalization speaker
-    dev_speaker_cmvn: SpeakerCmvn | None
+    speaker_cmvn: SpeakerStats | None  # each speaker's statistics, under normalization speaker
+    dev_speaker_cmvn: SpeakerStats | None
     checkpoint_path: Path | None  # the checkpoint to resume from, and what it holds
     checkpoint: dict | None
 
@@ -255,24 +262,23 @@ def prepare_training(config: ExperimentConfig, out: Path, resume: bool = False, 
             out / "cmvn.json", load_cmvn,
             lambda: estimate_cmvn(train_utts, features, max_utterances=2000, progress=progress))
     if features.normalization == "speaker":
-        def by_speaker(name: str, utterances) -> SpeakerCmvn:
+        def by_speaker(name: str, utterances) -> SpeakerStats:
             # Estimated again on resume if the manifest has speakers the file lacks.
             speakers = {utterance.speaker for utterance in utterances} - {None}
-            stats = estimated_once(out / f"speaker_cmvn_{name}.json", lambda path: json.loads(path.read_text()),
-                                   lambda: estimate_speaker_cmvn(utterances, features, progress=progress),
-                                   still_valid=lambda saved: speakers <= saved.keys())
-            return SpeakerCmvn(stats, cmvn)
+            return estimated_once(out / f"speaker_cmvn_{name}.json", lambda path: load_speaker_stats(path, cmvn),
+                                  lambda: SpeakerStats.estimate(utterances, features, cmvn, progress=progress),
+                                  save=save_speaker_stats, still_valid=lambda saved: speakers <= saved.speakers)
 
         speaker_cmvn, dev_speaker_cmvn = by_speaker("train", train_utts), by_speaker("dev", dev_utts)
     return Prepared(config, tokenizer, train_utts, dev_utts, skips, cmvn, speaker_cmvn, dev_speaker_cmvn,
                     checkpoint_path, checkpoint)
 
 
-def estimated_once(path: Path, load, estimate, still_valid=lambda saved: True):
-    """Statistics computed by the main process with `estimate()` into `path` (unless the file there is `still_valid`),
-    then read from it with `load` by every process, and by a resumed run."""
+def estimated_once(path: Path, load, estimate, save=save_cmvn, still_valid=lambda saved: True):
+    """Statistics computed by the main process with `estimate()` and written to `path` with `save` (unless the file
+    there is `still_valid`), then read from it with `load` by every process, and by a resumed run."""
     if distributed.is_main() and not (path.exists() and still_valid(load(path))):
-        save_cmvn(path, estimate())
+        save(path, estimate())
     distributed.barrier()
     return load(path)
 
@@ -412,7 +418,7 @@ class Trainer:
         # Batches: every rank computes the same global batches, one an optimizer step, and takes its share of each.
         self.dataset = SpeechDataset(self.train_utts, self.tokenizer, speed_factors=tuple(config.data.speed_factors),
                                      seed=config.train.seed, sample_rate=config.features.sample_rate,
-                                     speaker_cmvn=prepared.speaker_cmvn, augment=config.augment)
+                                     speaker_stats=prepared.speaker_cmvn, augment=config.augment)
         self.sampler = DurationBucketSampler([u.duration for u in self.train_utts], config.data.max_seconds,
                                              seed=config.train.seed, shuffle=True, rank=distributed.rank(),
                                              world_size=self.world_size, sortagrad=config.data.sortagrad,
@@ -815,14 +821,14 @@ def silent_batch(sample_rate: int) -> Batch:
 
 @torch.no_grad()
 def dev_loss(model: Recognizer, utterances, config: ExperimentConfig, progress: bool = False,
-             speaker_cmvn: SpeakerCmvn | None = None) -> float:
+             speaker_cmvn: SpeakerStats | None = None) -> float:
     """CTC loss per target token (as the trainer's) of a model on utterances, in batches of what one device forwards
     at once, without augmentation; `speaker_cmvn`: their speakers' statistics, for a model normalized by speaker.
     (Their WER is `asr.evaluate.score_utterances`', which names the unreadable ones.)"""
     was_training = model.training
     model.eval()
     dataset = SpeechDataset(utterances, model.tokenizer, sample_rate=config.features.sample_rate,
-                            speaker_cmvn=speaker_cmvn)
+                            speaker_stats=speaker_cmvn)
     sampler = DurationBucketSampler([u.duration for u in utterances],
                                     config.data.device_max_seconds or config.data.max_seconds, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,

@@ -122,7 +122,7 @@ def transcribe_file(recognizer: SpeechRecognizer, audio: str | Path | torch.Tens
     Up to `chunk_seconds` the recording is decoded whole; a longer one in windows of `chunk_seconds` overlapping by
     `overlap_seconds`, read from the file one window at a time. `decoder` defaults to `make_decoder`'s. Raises
     AudioError for a file that cannot be read. `speaker_cmvn` (2, n_mels): its speaker's mean and standard
-    deviation, for a model normalized by speaker (without them, as `asr.features.training_set_at_own_level` says).
+    deviation, for a model normalized by speaker (without them, as `asr.normalization.training_set_at_own_level` says).
     """
     decoder = decoder or make_decoder(recognizer)
     started = time.perf_counter()

@@ -40,6 +40,24 @@ def fsdd_dir(data_dir) -> Path:
     return data_dir / "fsdd" / "recordings"
 
 
+@pytest.fixture(scope="session")
+def sentence_paths(data_dir) -> list[Path]:
+    """Four read sentences, one from each of four corpora and speakers."""
+    return [data_dir / "sentences" / name for name in (
+        "librispeech_bits/wav/1089-134686-0001.wav",
+        "ljspeech_subset/wav/LJ001-0002.wav",
+        "harvard_sentences/wav/osr0034-01.wav",
+        "mfa_testdata/wav/mfa_whisper.wav",
+    )]
+
+
+@pytest.fixture(scope="session")
+def sentence_waves(sentence_paths) -> list[torch.Tensor]:
+    from asr.audio import load_audio
+
+    return [load_audio(path) for path in sentence_paths]
+
+
 @pytest.fixture
 def kenlm_loads(monkeypatch) -> list[str]:
     """The path of every KenLM model loaded while the test runs (flashlight's KenLM constructor, spied on)."""

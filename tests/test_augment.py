@@ -1,11 +1,14 @@
 """asr.augment against independent measurements: the SNR measured after mixing, the RT60 of the simulated room by
 Schroeder's backward integration, the telephone band and noise colours by Welch spectra, μ-law's level-independent
-SNR; and the dataset applying it from the config, deterministically."""
+SNR, a tone's duration and pitch after speed perturbation; and the dataset applying it from the config,
+deterministically."""
 import numpy as np
 import pytest
 import soundfile as sf
+from reference_features import peak_frequency, sine
 from scipy import signal
 
+from asr.audio import SAMPLE_RATE
 from asr.augment import (
     AugmentConfig,
     Augmenter,
@@ -15,6 +18,7 @@ from asr.augment import (
     hum,
     mu_law,
     reverberate,
+    speed_perturb,
     synthetic_rir,
     telephone,
 )
@@ -145,3 +149,15 @@ def test_the_config_section_reaches_the_dataset_and_is_drawn_anew_each_epoch(fsd
 def test_impossible_settings_are_refused(override, problem):
     with pytest.raises(ConfigError, match=problem):
         load_config(None, [override])
+
+
+# --- speed perturbation ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_scales_duration_by_one_over_factor_and_pitch_by_factor(factor):
+    tone = sine(500.0, 2.0)
+    perturbed = speed_perturb(tone, factor)
+    assert len(perturbed) == round(len(tone) / factor)
+    resolution = SAMPLE_RATE / len(perturbed)  # FFT bin width
+    assert abs(peak_frequency(perturbed) - 500.0 * factor) <= resolution

@@ -15,7 +15,7 @@ from asr.data.dataset import Batch, SpeechDataset, collate
 from asr.data.manifest import Utterance
 from asr.data.sampler import DurationBucketSampler
 from asr.errors import ConfigError
-from asr.features import SpeakerCmvn
+from asr.normalization import SpeakerStats
 from asr.text import CharTokenizer, normalize_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_unreadable_audio_and_unknown_characters_become_error_items(utterances, 
 
 def test_batches_hold_the_recordings_16_bit_samples_and_the_frontend_hears_them_as_floats(utterances):
     from asr.config import load_config
-    from asr.features import Frontend
+    from asr.frontend import Frontend
 
     dataset = SpeechDataset(utterances[:3], CharTokenizer())
     batch = collate([dataset[index] for index in range(3)])
@@ -160,9 +160,9 @@ def test_batch_to_moves_every_tensor_and_keeps_the_rest():
 def test_items_carry_their_speakers_cmvn_statistics_and_collate_stacks_them(utterances):
     speakers = ["anna", "bert", None]
     utterances = [Utterance(u.id, u.audio, u.duration, u.text, speaker) for u, speaker in zip(utterances, speakers)]
-    table = SpeakerCmvn({"anna": {"mean": [0.0] * 3, "std": [1.0] * 3}, "bert": {"mean": [1.0] * 3, "std": [2.0] * 3}},
-                        default={"mean": [2.0] * 3, "std": [3.0] * 3})
-    dataset = SpeechDataset(utterances, CharTokenizer(), speaker_cmvn=table)
+    stats = SpeakerStats({"anna": {"mean": [0.0] * 3, "std": [1.0] * 3}, "bert": {"mean": [1.0] * 3, "std": [2.0] * 3}},
+                         default={"mean": [2.0] * 3, "std": [3.0] * 3})
+    dataset = SpeechDataset(utterances, CharTokenizer(), speaker_stats=stats)
     batch = collate([dataset[index] for index in range(3)])
     assert batch.speaker_cmvn.tolist() == [[[0.0] * 3, [1.0] * 3], [[1.0] * 3, [2.0] * 3], [[2.0] * 3, [3.0] * 3]]
     assert batch.to("meta").speaker_cmvn.device.type == "meta"

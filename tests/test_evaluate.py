@@ -16,8 +16,9 @@ from asr.cli import main
 from asr.data.manifest import read_manifest
 from asr.errors import AsrError
 from asr.evaluate import evaluate
-from asr.features import FeatureConfig, SpeakerCmvn, estimate_speaker_cmvn
+from asr.features import FeatureConfig
 from asr.model import ModelConfig
+from asr.normalization import SpeakerStats
 from asr.recognizer import Recognizer
 from asr.text import CharTokenizer, normalize_text
 from asr.transcribe import transcribe_file
@@ -220,8 +221,8 @@ def test_evaluate_normalizes_a_speaker_model_by_each_speakers_statistics_over_th
     evaluate(recognizer, [manifest], batch_size=4)
 
     utterances = read_manifest(manifest)
-    table = SpeakerCmvn(estimate_speaker_cmvn(utterances, features, progress=False), default=training_set)
-    assert table.by_speaker.keys() == {"george", "lucas"}  # theo's utterance gets the training set's statistics
+    table = SpeakerStats.estimate(utterances, features, default=training_set, progress=False)
+    assert table.speakers == {"george", "lucas"}  # theo's utterance gets the training set's statistics
     expected = {len(load_samples(u.audio)): table.rows(u.speaker) for u in utterances}  # by length: the six differ
     assert len(expected) == len(names) == len(given)
     assert all(torch.equal(rows, expected[length]) for length, rows in given)

@@ -17,8 +17,8 @@ from asr.checkpoint import load_checkpoint, load_model, read_plain_data
 from asr.config import load_config
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.errors import ConfigError
-from asr.features import SpeakerCmvn, estimate_speaker_cmvn
 from asr.metrics import read_metrics
+from asr.normalization import SpeakerStats
 from asr.train import (
     Schedule,
     autocast_dtype,
@@ -139,33 +139,32 @@ def test_speaker_normalization_trains_and_validates_with_each_speakers_statistic
     dev = fsdd_manifest(fsdd_dir, tmp_path / "dev.jsonl", ["1_george_0", "2_lucas_0", "1_lucas_1"])
     config = small_config(manifest, dev, **{"features.normalization": "speaker", "train.max_steps": 2})
     trainer = start_training(config, tmp_path / "exp", progress=False)
-    expected = {name: estimate_speaker_cmvn(read_manifest(path), config.features, progress=False)
+    training_set = json.loads((tmp_path / "exp" / "cmvn.json").read_text())
+    expected = {name: SpeakerStats.estimate(read_manifest(path), config.features, training_set, progress=False)
                 for name, path in (("train", manifest), ("dev", dev))}
-    assert expected["train"].keys() == {"george", "yweweler"} and expected["dev"].keys() == {"george", "lucas"}
+    assert expected["train"].speakers == {"george", "yweweler"} and expected["dev"].speakers == {"george", "lucas"}
     for name in ("train", "dev"):  # estimated once, into the experiment folder, for ranks and resumed runs to read
         saved = json.loads((tmp_path / "exp" / f"speaker_cmvn_{name}.json").read_text())
-        assert saved.keys() == expected[name].keys()
+        assert saved.keys() == expected[name].speakers
         for speaker, stats in saved.items():
-            assert stats["mean"] == pytest.approx(expected[name][speaker]["mean"])
-            assert stats["std"] == pytest.approx(expected[name][speaker]["std"])
+            assert stats["mean"] == pytest.approx(expected[name].by_speaker[speaker]["mean"])
+            assert stats["std"] == pytest.approx(expected[name].by_speaker[speaker]["std"])
 
     given = []  # every batch's statistics, as the frontend receives them
     forward = trainer.model.frontend.forward
     trainer.model.frontend.forward = lambda audio, lengths, rows=None: given.append(rows) or forward(audio, lengths,
                                                                                                      rows)
     trainer.run()
-    training_set = {"mean": trainer.model.frontend.cmvn.mean.tolist(), "std": trainer.model.frontend.cmvn.std.tolist()}
-    assert training_set["mean"] == pytest.approx(json.loads((tmp_path / "exp" / "cmvn.json").read_text())["mean"])
-    speaker_rows = {speaker: SpeakerCmvn(expected["train"], training_set).rows(speaker)
-                    for speaker in expected["train"]}
+    assert trainer.model.frontend.cmvn.mean.tolist() == pytest.approx(training_set["mean"])
+    speaker_rows = {speaker: expected["train"].rows(speaker) for speaker in expected["train"].speakers}
     training_rows = [row for rows in given[:2] for row in rows]  # the two training steps, then validation
     assert all(any(torch.allclose(row, known) for known in speaker_rows.values()) for row in training_rows)
     assert {speaker for row in training_rows for speaker, known in speaker_rows.items()
             if torch.allclose(row, known)} == {"george", "yweweler"}
     validated = trainer.state.history[-1]["loss"]
     model = trainer.model
-    dev_table = SpeakerCmvn(expected["dev"], training_set)
-    assert dev_loss(model, read_manifest(dev), config, speaker_cmvn=dev_table) == pytest.approx(validated, rel=1e-6)
+    assert dev_loss(model, read_manifest(dev), config, speaker_cmvn=expected["dev"]) == \
+        pytest.approx(validated, rel=1e-6)
     # Without them, each utterance normalized as one of no known speaker: another loss, even from this barely
     # trained model.
     assert abs(dev_loss(model, read_manifest(dev), config) - validated) > 1e-4

@@ -11,7 +11,7 @@ trainer's DurationBucketSampler into batches of at most --max-seconds padded sec
 real speech (slices of the shared sentence recordings) under a manifest. Every system takes each step as asr.train
 does: CTC loss, backward, gradient clipping, AdamW with the recipe's settings.
 
-Model only (the batches' audio already in memory, features by asr.features.Frontend on the device for every system):
+Model only (the batches' audio already in memory, features by asr.frontend.Frontend on the device for every system):
   asr     the toolkit's model, as the recipe configures it (recipes/librispeech/conf/train_100.yaml for `default`,
           recipes/digits/conf/train.yaml for `digits`, with characters instead of its word pieces, which cannot
           spell the English text of the batches)
@@ -59,8 +59,10 @@ from asr.config import ExperimentConfig, TokenizerConfig, load_config
 from asr.data.dataset import Batch, SpeechDataset, collate
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.data.sampler import DurationBucketSampler
-from asr.features import Frontend, LogMel, utterance_cmvn
+from asr.features import LogMel
+from asr.frontend import Frontend
 from asr.model import ModelConfig
+from asr.normalization import utterance_cmvn
 from asr.recognizer import Recognizer
 from asr.text import load_tokenizer, normalize_text, save_tokenizer
 from asr.train import autocast_dtype, build_tokenizer

@@ -61,9 +61,10 @@ from asr.checkpoint import load_model, read_plain_data, save_model
 from asr.config import load_config
 from asr.data.manifest import Utterance
 from asr.export import export_onnx, exportable, quantize_int8
-from asr.features import FeatureConfig, estimate_cmvn
+from asr.features import FeatureConfig
 from asr.lm import build_arpa
 from asr.model import ModelConfig, length_mask
+from asr.normalization import estimate_cmvn
 from asr.onnx_model import OnnxRecognizer
 from asr.recognizer import Recognizer
 from asr.text import normalize_text, tokenizer_from_dict

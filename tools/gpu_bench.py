@@ -235,7 +235,8 @@ def loader_inputs(paths: list[Path], durations: list[float], batches: list[list[
     """The same, from FLAC files through SpeechDataset, a DataLoader and the asr Frontend (on the device)."""
     from asr.data.dataset import SpeechDataset, collate
     from asr.data.manifest import Utterance
-    from asr.features import FeatureConfig, Frontend
+    from asr.features import FeatureConfig
+    from asr.frontend import Frontend
     from asr.text import CharTokenizer
 
     # Transcripts long enough for the CTC targets a real batch has (the tokens' identity does not matter here).

@@ -15,18 +15,19 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from asr.audio import SAMPLE_RATE, load_audio
-from asr.augment import AugmentConfig, Augmenter
+from asr.augment import AugmentConfig, Augmenter, speed_perturb
 from asr.data.manifest import Utterance
 from asr.errors import AsrError, ConfigError
-from asr.features import PCM16_SCALE, SpeakerCmvn, speed_perturb
+from asr.frontend import PCM16_SCALE
+from asr.normalization import SpeakerStats
 from asr.text import Tokenizer, normalize_text
 
 
 class SpeechDataset(torch.utils.data.Dataset):
     """Utterances as `{"id", "audio" (S,) float32, "tokens" (L,) long, "text"}` dicts, or `{"id", "error"}`.
 
-    With `speaker_cmvn` (for `normalization: speaker`), each item also holds `"speaker_cmvn"` (2, n_mels): the mean
-    and standard deviation of its speaker (`SpeakerCmvn.rows`).
+    With `speaker_stats` (for `normalization: speaker`), each item also holds `"speaker_cmvn"` (2, n_mels): the
+    mean and standard deviation of its speaker (`SpeakerStats.rows`).
 
     With several `speed_factors`, each utterance is resampled by one of them, drawn from (seed, epoch, index): the
     same in every run and in every DataLoader worker, different from epoch to epoch. `set_epoch` must be called
@@ -38,7 +39,7 @@ class SpeechDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, utterances: Sequence[Utterance], tokenizer: Tokenizer, speed_factors: Sequence[float] = (1.0,),
-                 seed: int = 0, sample_rate: int = SAMPLE_RATE, speaker_cmvn: SpeakerCmvn | None = None,
+                 seed: int = 0, sample_rate: int = SAMPLE_RATE, speaker_stats: SpeakerStats | None = None,
                  augment: AugmentConfig | None = None):
         if not speed_factors or min(speed_factors) <= 0:
             raise ConfigError(f"speed factors must be positive numbers, got {list(speed_factors)}")
@@ -48,7 +49,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.sample_rate = sample_rate
         self.epoch = 0
-        self.speaker_cmvn = speaker_cmvn
+        self.speaker_stats = speaker_stats
         self.augment = Augmenter(augment, sample_rate, self._babble_voice) if augment and augment.enabled else None
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,8 +80,8 @@ class SpeechDataset(torch.utils.data.Dataset):
             audio = torch.from_numpy(self.augment(audio.numpy(), rng))
         item = {"id": utterance.id, "audio": audio, "tokens": torch.tensor(tokens, dtype=torch.long),
                 "text": normalize_text(utterance.text)}
-        if self.speaker_cmvn is not None:
-            item["speaker_cmvn"] = self.speaker_cmvn.rows(utterance.speaker)
+        if self.speaker_stats is not None:
+            item["speaker_cmvn"] = self.speaker_stats.rows(utterance.speaker)
         return item
 
     def _babble_voice(self, rng: np.random.Generator) -> np.ndarray:
