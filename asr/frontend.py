@@ -1,7 +1,7 @@
 """What the acoustic model reads: a batch of waveforms through log-mel, normalization and, in training, augmentation.
 
     audio (B, S) ─▶ LogMel (asr.features; each utterance's frequency axis warped by VTLP in training)
-      ─▶ CMVN by `features.normalization` (asr.normalization) ─▶ SpecAugment in training (asr.augment)
+      ─▶ CMVN by `features.normalization` (asr.normalization) ─▶ SpecAugment in training (asr.specaugment)
       ─▶ features (B, T, n_mels)
 
 The Frontend is the first module of a Recognizer and runs on the model's device; its only state is the training set's
