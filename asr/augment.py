@@ -8,10 +8,11 @@ generator the dataset hands over ((seed, epoch, index): the same in every run an
   1. room reverberation: convolution with a simulated impulse response, a direct path then exponentially decaying
      Gaussian noise whose energy falls 60 dB in a drawn RT60 (the statistical model of a diffuse late field,
      Polack 1988); the output is aligned on the direct path, so word times do not move;
-  2. additive noise at a drawn SNR: white, pink (1/f), brown (1/f²), mains hum, or babble (other training
-     utterances summed);
-  3. gain: a drawn level change, limited so that the peak stays below full scale;
-  4. telephone channel: 300-3400 Hz band-pass, 8 kHz, 8-bit μ-law, and back to the input's rate.
+  2. additive noise at a drawn SNR: white, pink (1/f), brown (1/f²), mains hum, music (notes of harmonic partials
+     over a beat), or babble (other training utterances summed);
+  3. a microphone's response: a low shelf, a high shelf and a peak at drawn frequencies and gains (RBJ biquads);
+  4. gain: a drawn level change, limited so that the peak stays below full scale;
+  5. telephone channel: 300-3400 Hz band-pass, 8 kHz, 8-bit μ-law, and back to the input's rate.
   They are plain numpy/scipy on (S,) float waveforms.
 
 The augmentation of the features, VTLP and SpecAugment, runs in the model's frontend on its device, in training mode
@@ -30,7 +31,7 @@ from scipy import signal
 from asr.audio import SAMPLE_RATE, resample
 from asr.errors import ConfigError
 
-NOISE_KINDS = ("white", "pink", "brown", "hum", "babble")
+NOISE_KINDS = ("white", "pink", "brown", "hum", "music", "babble")
 TELEPHONE_BAND = (300.0, 3400.0)
 TELEPHONE_RATE = 8000
 _EPS = 1e-12
@@ -44,15 +45,17 @@ class AugmentConfig:
     noise_prob: float = 0.0
     snr_db: list[float] = field(default_factory=lambda: [5.0, 30.0])  # drawn uniformly
     noise_kinds: list[str] = field(default_factory=lambda: list(NOISE_KINDS))
+    equalizer_prob: float = 0.0
+    equalizer_db: list[float] = field(default_factory=lambda: [-10.0, 10.0])  # each filter's gain, drawn uniformly
     gain_prob: float = 0.0
     gain_db: list[float] = field(default_factory=lambda: [-20.0, 10.0])
     telephone_prob: float = 0.0
 
     def __post_init__(self):
-        for name in ("reverb_prob", "noise_prob", "gain_prob", "telephone_prob"):
+        for name in ("reverb_prob", "noise_prob", "equalizer_prob", "gain_prob", "telephone_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("rt60", "direct_to_reverberant_db", "snr_db", "gain_db"):
+        for name in ("rt60", "direct_to_reverberant_db", "snr_db", "equalizer_db", "gain_db"):
             low_high = getattr(self, name)
             if len(low_high) != 2 or low_high[0] > low_high[1]:
                 raise ConfigError(f"augment.{name} must be [low, high], got {low_high}")
@@ -64,7 +67,7 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return any((self.reverb_prob, self.noise_prob, self.gain_prob, self.telephone_prob))
+        return any((self.reverb_prob, self.noise_prob, self.equalizer_prob, self.gain_prob, self.telephone_prob))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,6 +113,80 @@ def hum(n: int, sample_rate: int, rng) -> np.ndarray:
                for harmonic in range(1, 8))
     wave = wave + 0.05 * rng.standard_normal(n)
     return wave / max(np.sqrt(np.mean(wave ** 2)), _EPS)
+
+
+def music(n: int, sample_rate: int, rng) -> np.ndarray:
+    """A tune, unit RMS: notes and chords of harmonic partials, struck (decaying) or bowed (sustained), at a drawn
+    tempo and timbre, over a kick-and-hi-hat beat half of the time. Sounds with onsets and a pitch, as words have,
+    that are not words."""
+    t_max = np.arange(n) / sample_rate
+    beat = 60.0 / rng.uniform(60, 180)
+    partials = rng.integers(2, 13)
+    rolloff = rng.uniform(0.3, 0.9)  # each partial this much quieter than the one below
+    struck = rng.random() < 0.6
+    wave = np.zeros(n)
+    start = 0
+    while start < n:
+        length = min(n - start, max(1, round(beat * rng.choice([0.5, 1.0, 2.0]) * sample_rate)))
+        t = t_max[:length]
+        if struck:
+            envelope = np.exp(-t / rng.uniform(0.08, 1.0)) * np.minimum(1.0, t / 0.005)
+        else:
+            envelope = np.minimum(1.0, t / rng.uniform(0.02, 0.1)) * np.minimum(1.0, (t[-1] - t) / 0.03 + 1e-3)
+        for _ in range(rng.integers(1, 4)):  # one note, or a chord of two or three
+            f0 = 110.0 * 2 ** (rng.integers(-12, 25) / 12)
+            for k in range(1, partials + 1):
+                if f0 * k < sample_rate / 2:
+                    wave[start:start + length] += (rolloff ** (k - 1) * envelope
+                                                   * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi)))
+        start += length
+    if rng.random() < 0.5:
+        level = np.sqrt(np.mean(wave ** 2)) * rng.uniform(0.5, 2.0)
+        hit = round(0.2 * sample_rate)
+        t = t_max[:hit]
+        kick = np.sin(2 * np.pi * (50 * t + 100 * 0.03 * (1 - np.exp(-t / 0.03)))) * np.exp(-t / 0.06)
+        hat = rng.standard_normal(hit) * np.exp(-t / 0.01)
+        for number, at in enumerate(range(0, n, max(1, round(beat / 2 * sample_rate)))):
+            drum = kick if number % 2 == 0 else 0.3 * hat
+            wave[at:at + hit] += level * 3 * drum[:n - at]
+    wave -= wave.mean()
+    return wave / max(np.sqrt(np.mean(wave ** 2)), _EPS)
+
+
+def biquad(frequency: float, gain_db: float, q: float, sample_rate: int, kind: str = "peak") -> np.ndarray:
+    """One second-order section (b0 b1 b2 a0 a1 a2, normalized) of the Audio EQ Cookbook (R. Bristow-Johnson):
+    a "peak" of `gain_db` at `frequency`, or a "low" or "high" shelf of `gain_db` below or above it."""
+    amplitude = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * frequency / sample_rate
+    alpha = np.sin(w0) / (2 * q)
+    cos = np.cos(w0)
+    if kind == "peak":
+        b = [1 + alpha * amplitude, -2 * cos, 1 - alpha * amplitude]
+        a = [1 + alpha / amplitude, -2 * cos, 1 - alpha / amplitude]
+    elif kind in ("low", "high"):
+        sign = 1 if kind == "low" else -1
+        root = 2 * np.sqrt(amplitude) * alpha
+        b = [amplitude * ((amplitude + 1) - sign * (amplitude - 1) * cos + root),
+             sign * 2 * amplitude * ((amplitude - 1) - sign * (amplitude + 1) * cos),
+             amplitude * ((amplitude + 1) - sign * (amplitude - 1) * cos - root)]
+        a = [(amplitude + 1) + sign * (amplitude - 1) * cos + root,
+             -sign * 2 * ((amplitude - 1) + sign * (amplitude + 1) * cos),
+             (amplitude + 1) + sign * (amplitude - 1) * cos - root]
+    else:
+        raise ValueError(f"unknown filter kind {kind!r}")
+    return np.array(b + a) / a[0]
+
+
+def microphone_response(audio: np.ndarray, sample_rate: int, rng, gain_db=(-10.0, 10.0)) -> np.ndarray:
+    """`audio` through a drawn microphone-and-room colouring: a low shelf (80-400 Hz), a peak (300-3500 Hz) and a
+    high shelf (1.5-3.5 kHz), each of a gain drawn from `gain_db`, then scaled back to the input's RMS."""
+    sections = np.stack([
+        biquad(rng.uniform(80, 400), rng.uniform(*gain_db), 0.707, sample_rate, "low"),
+        biquad(rng.uniform(300, 3500), rng.uniform(*gain_db), rng.uniform(0.5, 2.0), sample_rate, "peak"),
+        biquad(rng.uniform(1500, 3500), rng.uniform(*gain_db), 0.707, sample_rate, "high"),
+    ])
+    coloured = signal.sosfilt(sections, audio)
+    return coloured * np.sqrt(np.mean(audio ** 2) / max(np.mean(coloured ** 2), _EPS))
 
 
 def add_noise(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
@@ -170,6 +247,8 @@ class Augmenter:
     def noise(self, kind: str, n: int, rng) -> np.ndarray:
         if kind == "hum":
             return hum(n, self.sample_rate, rng)
+        if kind == "music":
+            return music(n, self.sample_rate, rng)
         if kind == "babble":
             voices = [self.babble(rng) for _ in range(rng.integers(3, 7))]
             mix = np.zeros(n)
@@ -191,6 +270,8 @@ class Augmenter:
         if rng.random() < cfg.noise_prob and self.kinds and np.any(audio):
             kind = self.kinds[rng.integers(len(self.kinds))]
             audio = add_noise(audio, self.noise(kind, len(audio), rng), rng.uniform(*cfg.snr_db))
+        if rng.random() < cfg.equalizer_prob:
+            audio = microphone_response(audio, self.sample_rate, rng, cfg.equalizer_db)
         if rng.random() < cfg.gain_prob:
             audio = apply_gain(audio, rng.uniform(*cfg.gain_db))
         if rng.random() < cfg.telephone_prob:

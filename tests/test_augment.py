@@ -14,9 +14,11 @@ from asr.augment import (
     Augmenter,
     add_noise,
     apply_gain,
+    biquad,
     coloured_noise,
-    hum,
+    microphone_response,
     mu_law,
+    music,
     reverberate,
     speed_perturb,
     synthetic_rir,
@@ -37,11 +39,11 @@ def speech(fsdd_dir):
     return signal.resample_poly(wave, SR, rate)
 
 
-@pytest.mark.parametrize("kind", ["white", "pink", "brown", "hum"])
+@pytest.mark.parametrize("kind", ["white", "pink", "brown", "hum", "music"])
 @pytest.mark.parametrize("snr_db", [0.0, 12.5, 30.0])
 def test_the_snr_measured_after_mixing_is_the_one_asked_for(speech, kind, snr_db):
     rng = np.random.default_rng(0)
-    noise = hum(len(speech), SR, rng) if kind == "hum" else coloured_noise(kind, len(speech), rng)
+    noise = Augmenter(AugmentConfig(), SR).noise(kind, len(speech), rng)
     noisy = add_noise(speech, noise, snr_db)
     measured = 10 * np.log10(np.sum(speech ** 2) / np.sum((noisy - speech) ** 2))
     assert measured == pytest.approx(snr_db, abs=0.01)
@@ -116,8 +118,48 @@ def test_gain_changes_the_level_but_never_takes_the_peak_past_full_scale(speech)
     assert np.abs(apply_gain(quiet, 40.0)).max() == pytest.approx(0.99)
 
 
+def _level_db(wave: np.ndarray) -> float:
+    steady = wave[len(wave) // 2:]  # past the filter's transient
+    return 10 * np.log10(np.mean(steady ** 2))
+
+
+@pytest.mark.parametrize("kind, frequency, probe, expected_db", [
+    ("peak", 1000.0, 1000.0, 8.0),     # the full gain at the centre
+    ("peak", 1000.0, 6000.0, 0.0),     # none far from it
+    ("low", 200.0, 40.0, 8.0),         # a low shelf lifts what lies below it
+    ("low", 200.0, 3000.0, 0.0),
+    ("high", 2000.0, 7000.0, 8.0),     # a high shelf what lies above
+    ("high", 2000.0, 100.0, 0.0),
+])
+def test_each_equalizer_filter_changes_a_sine_by_its_gain_where_it_should(kind, frequency, probe, expected_db):
+    tone = sine(probe, 1.0).numpy().astype(float)
+    filtered = signal.sosfilt(biquad(frequency, 8.0, 0.707, SR, kind)[None], tone)
+    assert _level_db(filtered) - _level_db(tone) == pytest.approx(expected_db, abs=0.3)
+
+
+def test_the_microphone_response_colours_the_spectrum_and_keeps_the_level(speech):
+    coloured = microphone_response(speech, SR, np.random.default_rng(3), gain_db=(10.0, 10.0))
+    assert np.mean(coloured ** 2) == pytest.approx(np.mean(speech ** 2), rel=1e-6)
+    _, before = signal.welch(speech, SR, nperseg=512)
+    _, after = signal.welch(coloured, SR, nperseg=512)
+    change_db = 10 * np.log10(after[1:] / before[1:])
+    assert change_db.max() - change_db.min() > 6  # every filter lifts its band by 10 dB: the shape changes
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_music_is_a_tune_of_pitched_notes_at_unit_rms(seed):
+    wave = music(4 * SR, SR, np.random.default_rng(seed))
+    assert np.sqrt(np.mean(wave ** 2)) == pytest.approx(1.0)
+    _, power = signal.welch(wave, SR, nperseg=4096)
+    assert power.max() > 30 * np.median(power)  # partials stand out of the spectrum, as noise's do not
+    strongest = {np.argmax(np.abs(np.fft.rfft(part))) for part in wave.reshape(16, -1)}  # quarter seconds
+    assert len(strongest) > 1  # the notes change
+    np.testing.assert_array_equal(wave, music(4 * SR, SR, np.random.default_rng(seed)))
+
+
 def test_the_augmenter_is_a_function_of_its_generator(speech):
-    augmenter = Augmenter(AugmentConfig(reverb_prob=1, noise_prob=1, gain_prob=1, telephone_prob=1), SR)
+    augmenter = Augmenter(AugmentConfig(reverb_prob=1, noise_prob=1, equalizer_prob=1, gain_prob=1,
+                                        telephone_prob=1), SR)
     first = augmenter(speech, np.random.default_rng(5))
     assert first.dtype == np.float32 and len(first) == len(speech)
     np.testing.assert_array_equal(first, augmenter(speech, np.random.default_rng(5)))
@@ -145,6 +187,7 @@ def test_the_config_section_reaches_the_dataset_and_is_drawn_anew_each_epoch(fsd
     ("augment.reverb_prob=1.5", "reverb_prob"),
     ("augment.noise_kinds=[traffic]", "noise_kinds"),
     ("augment.rt60=[0,1]", "rt60"),
+    ("augment.equalizer_db=[10,-10]", "equalizer_db"),
 ])
 def test_impossible_settings_are_refused(override, problem):
     with pytest.raises(ConfigError, match=problem):

@@ -64,9 +64,17 @@ def test_a_finished_build_is_not_redone(tmp_path, monkeypatch):
     counts = {"nonspeech_train": 2}
     synth.build_all(tmp_path, counts, progress=False)
     stamp = json.loads((tmp_path / synth.STAMP_NAME).read_text())
-    assert stamp == {"seed": 0, "counts": counts, "piper_seeded": True}
+    assert stamp == {"seed": 0, "counts": counts, "piper_seeded": True,
+                     "nonspeech_kinds": list(synth.NONSPEECH_KINDS)}
     monkeypatch.setattr(synth, "build_set", lambda *args, **kwargs: pytest.fail("rebuilt a finished set"))
     synth.build_all(tmp_path, counts, progress=False)
+    # A build of another version (here, without music among its non-speech kinds) is redone.
+    monkeypatch.undo()
+    (tmp_path / synth.STAMP_NAME).write_text(json.dumps({**stamp, "nonspeech_kinds": ["silence"]}))
+    built = []
+    monkeypatch.setattr(synth, "build_set", lambda out_dir, name, *args, **kwargs: built.append(name))
+    synth.build_all(tmp_path, counts, progress=False)
+    assert built == ["nonspeech_train"]
 
 
 def test_empty_transcripts_are_kept_for_training_and_punctuation_only_ones_are_not(tmp_path):
@@ -93,6 +101,7 @@ def test_the_judging_files_come_in_the_formats_users_have(tmp_path):
     burst, _ = sf.read(str(paths["clipped_burst_44k.wav"]))
     assert np.mean(np.abs(burst) >= 0.999) > 0.05  # clipped
     assert sf.info(str(paths["music_44k_stereo.wav"])).channels == 2
+    assert sf.info(str(paths["strummed_chords_48k.wav"])).samplerate == 48000
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ LONG_EDGE_PROBABILITY = 0.2
 NOISE_DBFS = (-85.0, -55.0)
 PEAK_DBFS = (-30.0, -1.0)
 
-NONSPEECH_KINDS = ("silence", "white", "pink", "brown", "hum", "tones", "burst")
+NONSPEECH_KINDS = ("silence", "white", "pink", "brown", "hum", "tones", "music", "burst")
 SETS = {  # name: (source, default count)
     "espeak_train": ("espeak", 3000),
     "piper_train": ("piper", 1000),
@@ -153,7 +153,7 @@ def place(speech: np.ndarray, rng) -> np.ndarray:
 
 def nonspeech_wave(kind: str, seconds: float, rng, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """`seconds` of a sound that holds no word, at a drawn level (float, peak ≤ 1)."""
-    from asr.augment import coloured_noise, hum
+    from asr.augment import coloured_noise, hum, music
 
     n = round(seconds * sample_rate)
     rms = 10 ** (rng.uniform(-60, -12) / 20)
@@ -172,6 +172,8 @@ def nonspeech_wave(kind: str, seconds: float, rng, sample_rate: int = SAMPLE_RAT
             for harmonic in range(1, 6):
                 if f0 * harmonic < sample_rate / 2:
                     wave += np.sin(2 * np.pi * f0 * harmonic * vibrato * t + rng.uniform(0, 2 * np.pi)) / harmonic
+    elif kind == "music":  # notes with onsets, over a beat
+        wave = music(n, sample_rate, rng)
     elif kind == "burst":  # a loud noise burst, clipped, in near silence
         wave = rng.standard_normal(n) * 1e-4
         start, length = rng.integers(0, max(1, n // 2)), rng.integers(n // 10 + 1, n // 2 + 2)
@@ -254,7 +256,8 @@ def build_all(out_dir, counts: dict[str, int] | None = None, seed: int = 0, prog
     arguments."""
     counts = counts or {name: count for name, (_, count) in SETS.items()}
     out_dir = Path(out_dir)
-    stamp = {"seed": seed, "counts": counts, "piper_seeded": True}  # sets built before Piper was seeded differ
+    # Sets built before Piper was seeded, or with other non-speech kinds, differ.
+    stamp = {"seed": seed, "counts": counts, "piper_seeded": True, "nonspeech_kinds": list(NONSPEECH_KINDS)}
     try:
         if json.loads((out_dir / STAMP_NAME).read_text()) == stamp and all(
                 (out_dir / f"{name}.jsonl").is_file() for name in counts):
@@ -331,6 +334,17 @@ def write_nonspeech_tests(out_dir, seed: int = 1) -> list[Path]:
         bass = _karplus_strong(f0 / 4, 0.5, 44100, rng)[:n - start]
         melody[start:start + len(bass)] += 0.3 * bass
     files["music_44k_stereo.wav"] = (np.stack([melody, 0.8 * melody], axis=1), 44100)
+    n = 6 * 48000
+    strummed = np.zeros(n)
+    for bar in range(6):  # a chord a second, its strings struck 15 ms apart, and a snare on the off-beat
+        root = 82.4 * 2 ** (rng.choice([0, 5, 7, 9]) / 12)
+        for string, interval in enumerate([0, 7, 12, 16, 19]):
+            start = bar * 48000 + string * 720
+            note = _karplus_strong(root * 2 ** (interval / 12), 1.0, 48000, rng)[:n - start]
+            strummed[start:start + len(note)] += 0.15 * note
+        snare = bar * 48000 + 24000
+        strummed[snare:snare + 4800] += 0.2 * rng.standard_normal(4800) * np.exp(-np.arange(4800) / 800)
+    files["strummed_chords_48k.wav"] = (strummed, 48000)
     files["hum_50hz_16k.wav"] = (0.1 * hum(3 * 16000, 16000, rng), 16000)
     paths = []
     for name, (wave, rate) in files.items():
