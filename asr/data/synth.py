@@ -73,7 +73,7 @@ NONSPEECH_KINDS = ("silence", "white", "pink", "brown", "hum", "tones", "music",
 SETS = {  # name: (source, default count)
     "espeak_train": ("espeak", 3000),
     "piper_train": ("piper", 1000),
-    "nonspeech_train": ("nonspeech", 300),
+    "nonspeech_train": ("nonspeech", 600),
     "espeak_heldout": ("espeak", 300),
     "piper_heldout": ("piper", 200),
     "asterisk": ("asterisk", 300),
