@@ -10,8 +10,10 @@ FSDD has six male voices; a model trained on five of them hears a new voice badl
 - the digit prompts of Asterisk's "Allison" (Debian's `asterisk-core-sounds-en-wav`, CC BY-SA 3.0): one real female
   speaker, ten recordings, joined like FSDD's. One speaker cannot be split into train and test without the test
   hearing the very recordings training heard, so she is held out entirely.
-- non-speech (`nonspeech_wave`): digital silence, white/pink/brown noise, mains hum, sustained tones, clipped bursts,
-  with an empty transcript, so that CTC learns that they are no word.
+- held-out espeak-ng voices saying one digit, trimmed to the waveform as FSDD's recordings are (`espeak_heldout_lone`):
+  the recipe chooses its edge floor on them as well as on the voices it trained on.
+- non-speech (`nonspeech_wave`): digital silence, white/pink/brown noise, mains hum, sustained tones, music, clipped
+  bursts, with an empty transcript, so that CTC learns that they are no word.
 
 Every utterance is drawn from (seed, set, index), and Piper's sampling noise from a generator seeded by (seed,
 set), so a rebuild gives the same files; a finished build writes
@@ -75,6 +77,7 @@ SETS = {  # name: (source, default count)
     "piper_train": ("piper", 1000),
     "nonspeech_train": ("nonspeech", 600),
     "espeak_heldout": ("espeak", 300),
+    "espeak_heldout_lone": ("espeak_lone", 200),
     "piper_heldout": ("piper", 200),
     "asterisk": ("asterisk", 300),
 }
@@ -138,13 +141,13 @@ class PiperJoe:
         return resample(samples, chunks[0].sample_rate, SAMPLE_RATE)
 
 
-def place(speech: np.ndarray, rng) -> np.ndarray:
-    """A synthesized string trimmed of its own edge silence, between drawn edge silences over a noise floor, at a
-    drawn peak level."""
+def place(speech: np.ndarray, rng, with_edges: bool = True) -> np.ndarray:
+    """A synthesized string trimmed of its own edge silence, between drawn edge silences (none without `with_edges`)
+    over a noise floor, at a drawn peak level."""
     loud = np.flatnonzero(np.abs(speech) > 1e-3 * max(np.abs(speech).max(), 1e-9))
     speech = speech[loud[0]:loud[-1] + 1] if len(loud) else speech
     edges = [rng.uniform(*(LONG_EDGE_SECONDS if rng.random() < LONG_EDGE_PROBABILITY else EDGE_SECONDS))
-             for _ in range(2)]
+             for _ in range(2)] if with_edges else [0.0, 0.0]
     lead, trail = (round(seconds * SAMPLE_RATE) for seconds in edges)
     peak = 10 ** (rng.uniform(*PEAK_DBFS) / 20)
     wave = np.concatenate([np.zeros(lead), speech / max(np.abs(speech).max(), 1e-9) * peak, np.zeros(trail)])
@@ -199,16 +202,16 @@ def synthesize(source: str, held_out: bool, rng, tools: dict) -> Spoken:
     if source == "nonspeech":
         kind = NONSPEECH_KINDS[rng.integers(len(NONSPEECH_KINDS))]
         return Spoken(nonspeech_wave(kind, rng.uniform(0.5, 4.0), rng), "", f"nonspeech:{kind}")
-    digits = digit_string(rng)
+    digits = digit_string(rng, max_digits=1 if source == "espeak_lone" else 7)
     text = " ".join(DIGIT_WORDS[digit] for digit in digits)
-    if source == "espeak":
+    if source in ("espeak", "espeak_lone"):
         accents, variants = ESPEAK_HELD_OUT if held_out else ESPEAK_TRAIN
         accent, variant = accents[rng.integers(len(accents))], variants[rng.integers(len(variants))]
         voice = f"{accent}+{variant}" if variant else accent
         speech = espeak(_spoken_text(digits, rng), voice, int(rng.integers(*ESPEAK_PITCH, endpoint=True)),
                         int(rng.integers(*ESPEAK_RATE, endpoint=True)),
                         int(rng.integers(*ESPEAK_WORD_GAP, endpoint=True)))
-        return Spoken(place(speech, rng), text, f"espeak:{voice}")
+        return Spoken(place(speech, rng, with_edges=source == "espeak"), text, f"espeak:{voice}")
     if source == "piper":
         if held_out:
             low, high = PIPER_HELD_OUT_LENGTH[rng.integers(len(PIPER_HELD_OUT_LENGTH))]

@@ -112,8 +112,8 @@ fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   say "stage 4: each file alone: non-speech, confidences, word times"
-  # --calibrate: the edge floor (chosen on dev and the five speakers' official takes) and the word latency (measured on
-  # dev) go into model.pt, where transcription and greedy decoding find them.
+  # --calibrate: the edge floor (chosen on dev, the five speakers' official takes and held-out lone digits) and the
+  # word latency (measured on dev) go into model.pt, where transcription and greedy decoding find them.
   python "$recipe_dir/local/judge.py" --model "$exp/model.pt" --data data --out "$exp/judge" --calibrate
 fi
 exit
