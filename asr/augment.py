@@ -144,6 +144,7 @@ def music(n: int, sample_rate: int, rng) -> np.ndarray:
         level = np.sqrt(np.mean(wave ** 2)) * rng.uniform(0.5, 2.0)
         hit = round(0.2 * sample_rate)
         t = t_max[:hit]
+        # A kick drum: a sine gliding from 150 Hz down to 50 Hz as it decays.
         kick = np.sin(2 * np.pi * (50 * t + 100 * 0.03 * (1 - np.exp(-t / 0.03)))) * np.exp(-t / 0.06)
         hat = rng.standard_normal(hit) * np.exp(-t / 0.01)
         for number, at in enumerate(range(0, n, max(1, round(beat / 2 * sample_rate)))):

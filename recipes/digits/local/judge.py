@@ -177,9 +177,8 @@ def calibrate_edge_pad(recognizer, data: Path) -> float:
     still need one for a new voice). Theo is not used."""
     parts = {"dev + the five speakers' official takes":
              read_manifest(data / "dev.jsonl")
-             + [u for u in read_manifest(data / "official_test.jsonl") if u.speaker != "theo"]}
-    if (data / "synth" / "espeak_heldout_lone.jsonl").is_file():
-        parts["held-out espeak-ng lone digits"] = read_manifest(data / "synth" / "espeak_heldout_lone.jsonl")
+             + [u for u in read_manifest(data / "official_test.jsonl") if u.speaker != "theo"],
+             "held-out espeak-ng lone digits": read_manifest(data / "synth" / "espeak_heldout_lone.jsonl")}
     waves = {name: [load_samples(u.audio) for u in utterances] for name, utterances in parts.items()}
     errors = {name: {} for name in parts}
     for pad in EDGE_PADS:
