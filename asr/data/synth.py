@@ -77,9 +77,9 @@ SETS = {  # name: (source, default count)
     "piper_train": ("piper", 1000),
     "nonspeech_train": ("nonspeech", 600),
     "espeak_heldout": ("espeak", 300),
-    "espeak_heldout_lone": ("espeak_lone", 200),
     "piper_heldout": ("piper", 200),
     "asterisk": ("asterisk", 300),
+    "espeak_heldout_lone": ("espeak_lone", 200),  # last: a set's place seeds it, so the others keep their files
 }
 STAMP_NAME = "synth.stamp.json"
 
