@@ -55,7 +55,7 @@ class Frontend(nn.Module):
         lengths (B,).
 
         `speaker_cmvn` (B, 2, n_mels), each utterance's speaker's mean and standard deviation
-        (`asr.normalization.SpeakerStats.rows_for`), is for `normalization: speaker`; without it each utterance is
+        (`asr.normalization.SpeakerStats.rows`), is for `normalization: speaker`; without it each utterance is
         normalized by `training_set_at_own_level`.
         """
         if speaker_cmvn is not None and self.cfg.normalization != "speaker":

@@ -10,6 +10,7 @@ The held-out espeak-ng voices lie at the levels and on the clean floors training
 Drawn from a fixed seed: the same files every time.
 """
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +30,24 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
     name = Path(args.manifest).stem
+    originals = read_manifest(args.manifest)
     rng = np.random.default_rng(args.seed)
     for variant in ("quiet", "noisy"):
         wav_dir = Path(args.out_dir) / f"{name}_{variant}"
         wav_dir.mkdir(parents=True, exist_ok=True)
-        utterances = read_manifest(args.manifest)
-        for utterance in utterances:
-            wave, rate = sf.read(utterance.audio, dtype="float64")
+        utterances = []
+        for original in originals:
+            wave, rate = sf.read(original.audio, dtype="float64")
             if variant == "quiet":
                 wave = wave * 10 ** (-QUIETER_DB / 20)
             else:
                 n = len(wave)
                 room = 2 * coloured_noise("brown", n, rng) + coloured_noise("pink", n, rng) + 0.3 * hum(n, rate, rng)
                 wave = add_noise(wave, room, ROOM_SNR_DB)
-            path = wav_dir / Path(utterance.audio).name
+            path = wav_dir / Path(original.audio).name
             sf.write(str(path), np.clip(np.round(wave * 32768), -32768, 32767).astype(np.int16), rate,
                      subtype="PCM_16")
-            utterance.audio = str(path.absolute())
+            utterances.append(replace(original, audio=str(path.absolute())))
         write_manifest(Path(args.out_dir) / f"{name}_{variant}.jsonl", utterances)
         print(f"{name}_{variant}: {len(utterances)} utterances → {args.out_dir}/{name}_{variant}.jsonl")
     return 0
