@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import signal
+from scipy import fft, signal
 
 from asr.audio import SAMPLE_RATE, resample
 from asr.errors import ConfigError
@@ -257,7 +257,9 @@ class Augmenter:
                 voice = np.resize(voice, n) if len(voice) else np.zeros(n)
                 mix += np.roll(voice, rng.integers(n)) / max(np.sqrt(np.mean(voice ** 2)), _EPS)
             return mix
-        return coloured_noise(kind, n, rng)
+        # A transform of n samples costs many times one of the next 5-smooth length when n has a large prime factor:
+        # noise of that length, cut to n, is the same noise.
+        return coloured_noise(kind, fft.next_fast_len(n, real=True), rng)[:n]
 
     def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.config

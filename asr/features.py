@@ -179,7 +179,8 @@ class LogMel(nn.Module):
                 pad_mode="constant",
                 return_complex=True,
             )
-            power = spectrum.abs().square().transpose(1, 2)  # (B, T, n_fft // 2 + 1)
+            # re² + im²: |z|² without the square root that abs() takes and square() undoes
+            power = torch.view_as_real(spectrum).square().sum(-1).transpose(1, 2)  # (B, T, n_fft // 2 + 1)
             filters = self.mel_filters if warp_factors is None else mel_filterbank(self.cfg, warp_factors)
             feats = (power @ filters).clamp(min=self.cfg.log_floor).log()
         feat_lengths = self.num_frames(audio_lengths)
