@@ -34,6 +34,9 @@ class DataConfig:
     max_duration: float = 35.0  # utterances longer than this are skipped (counted) when training
     num_workers: int = 2
     speed_factors: list[float] = field(default_factory=lambda: [1.0])
+    # Each epoch the utterances, sorted by duration, are cut into this many buckets of equal count, and batches are
+    # drawn inside a bucket: more buckets, less padding and less varied batches.
+    num_buckets: int = 10
     sortagrad: bool = False  # first epoch in order of length (DeepSpeech 2): eases CTC off its blank plateau
     cmvn: str = ""  # global CMVN statistics from `asr cmvn`; empty: estimated from the training manifest
 
@@ -42,6 +45,8 @@ class DataConfig:
             raise ConfigError(f"data.max_seconds: {self.max_seconds} is not a positive number of seconds")
         if self.device_max_seconds < 0:
             raise ConfigError(f"data.device_max_seconds: {self.device_max_seconds} is negative (0 = no limit)")
+        if self.num_buckets < 1:
+            raise ConfigError(f"data.num_buckets: {self.num_buckets} is not a positive number of buckets")
 
 
 @dataclass

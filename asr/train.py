@@ -419,9 +419,10 @@ class Trainer:
         self.dataset = SpeechDataset(self.train_utts, self.tokenizer, speed_factors=tuple(config.data.speed_factors),
                                      seed=config.train.seed, sample_rate=config.features.sample_rate,
                                      speaker_stats=prepared.speaker_cmvn, augment=config.augment)
-        self.sampler = DurationBucketSampler([u.duration for u in self.train_utts], config.data.max_seconds,
-                                             seed=config.train.seed, shuffle=True, rank=distributed.rank(),
-                                             world_size=self.world_size, sortagrad=config.data.sortagrad,
+        self.sampler = DurationBucketSampler(self.dataset.played_durations, config.data.max_seconds,
+                                             seed=config.train.seed, shuffle=True, num_buckets=config.data.num_buckets,
+                                             rank=distributed.rank(), world_size=self.world_size,
+                                             sortagrad=config.data.sortagrad,
                                              device_max_seconds=config.data.device_max_seconds)
         self.loader_seeds = torch.Generator()  # loaders draw worker seeds from it, not from the global RNG
         self.loader = torch.utils.data.DataLoader(

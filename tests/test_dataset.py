@@ -199,6 +199,28 @@ def test_dataloader_with_workers_and_the_bucket_sampler(utterances, tmp_path):
         assert abs(lengths[utterance.id] - frames / dataset.speed_factor(index)) <= 1
 
 
+def test_batches_of_speed_perturbed_audio_keep_to_the_budget_in_the_seconds_they_play(fsdd_dir):
+    # A 0.9 factor plays a recording 1/0.9 times as long: batches cut by the manifest's durations run past the budget,
+    # batches cut by each epoch's played durations do not.
+    recordings = sorted(fsdd_dir.glob("*_jackson_*.wav"))[:60]
+    utterances = [Utterance(path.stem, str(path), soundfile.info(str(path)).duration, "ONE") for path in recordings]
+    dataset = SpeechDataset(utterances, CharTokenizer(), speed_factors=(0.9, 1.0, 1.1), seed=1)
+
+    def padded_seconds(durations, epoch):
+        sampler = DurationBucketSampler(durations, max_seconds=3.0, seed=1, num_buckets=4)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        return [max(dataset[index]["audio"].numel() for index in batch) * len(batch) / 16000 for batch in sampler]
+
+    for epoch in range(3):
+        played = dataset.played_durations(epoch)
+        dataset.set_epoch(epoch)
+        assert [round(seconds * 16000) for seconds in played[:10]] == pytest.approx(
+            [dataset[index]["audio"].numel() for index in range(10)], abs=2)
+        assert max(padded_seconds(dataset.played_durations, epoch)) <= 3.0 + 1e-3
+    assert max(padded_seconds([u.duration for u in utterances], 0)) > 3.0
+
+
 def test_normalized_text_is_what_the_batch_carries(utterances):
     raw = Utterance("raw", utterances[0].audio, utterances[0].duration, "He could wait, no longer!")
     item = SpeechDataset([raw], CharTokenizer())[0]

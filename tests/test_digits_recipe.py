@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from asr.checkpoint import read_plain_data
+from asr.data.manifest import Utterance, read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "digits"
@@ -84,3 +87,32 @@ def test_unknown_arguments_are_refused_before_any_work(tmp_path):
     assert result.returncode == 2
     assert "unknown argument --frobnicate" in result.stderr
     assert not (tmp_path / "work").exists()
+
+
+def test_degraded_copies_are_quieter_by_25_db_or_under_noise_at_10_db_snr(fsdd_dir, tmp_path):
+    names = ["0_theo_0", "7_jackson_3", "5_yweweler_12"]
+    write_manifest(tmp_path / "held.jsonl", [
+        Utterance(name, str(fsdd_dir / f"{name}.wav"), sf.info(str(fsdd_dir / f"{name}.wav")).duration,
+                  ["ZERO", "SEVEN", "FIVE"][i], name.split("_")[1]) for i, name in enumerate(names)])
+
+    def degrade(out_dir):
+        result = subprocess.run([sys.executable, str(RECIPE / "local" / "degrade.py"), "--manifest",
+                                 str(tmp_path / "held.jsonl"), "--out-dir", str(out_dir)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return {variant: read_manifest(out_dir / f"held_{variant}.jsonl") for variant in ("quiet", "noisy")}
+
+    copies = degrade(tmp_path / "a")
+    for variant, utterances in copies.items():
+        assert [(u.id, u.text, u.speaker) for u in utterances] == [(u.id, u.text, u.speaker)
+                                                                    for u in read_manifest(tmp_path / "held.jsonl")]
+    for name, quiet, noisy in zip(names, copies["quiet"], copies["noisy"]):
+        original, rate = sf.read(str(fsdd_dir / f"{name}.wav"), dtype="float64")
+        assert sf.info(quiet.audio).samplerate == sf.info(noisy.audio).samplerate == rate
+        np.testing.assert_allclose(sf.read(quiet.audio, dtype="float64")[0], original * 10 ** (-25 / 20),
+                                   atol=1 / 32768)
+        added = sf.read(noisy.audio, dtype="float64")[0] - original
+        assert 10 * np.log10(np.mean(original ** 2) / np.mean(added ** 2)) == pytest.approx(10.0, abs=0.2)
+    again = degrade(tmp_path / "b")  # a fixed seed: the same noise every time
+    assert all(np.array_equal(sf.read(a.audio)[0], sf.read(b.audio)[0])
+               for a, b in zip(copies["noisy"], again["noisy"]))

@@ -211,6 +211,8 @@ def test_resuming_mid_epoch_with_other_batches_is_refused(durations):
     sampler.advance(3)
     with pytest.raises(ConfigError, match=r"max_seconds 60.0 → 30.0"):
         DurationBucketSampler(durations, 30.0).load_state_dict(sampler.state_dict())
+    with pytest.raises(ConfigError, match=r"num_buckets 10 → 40"):
+        DurationBucketSampler(durations, MAX_SECONDS, num_buckets=40).load_state_dict(sampler.state_dict())
     # A checkpoint of the sampler that counted each rank's batches: its position means another thing.
     older = {key: value for key, value in sampler.state_dict().items() if key != "version"}
     with pytest.raises(ConfigError, match="counts batches of each rank"):

@@ -58,12 +58,18 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def speed_factor(self, index: int) -> float:
-        """The speed factor utterance `index` gets in the current epoch."""
+    def speed_factor(self, index: int, epoch: int | None = None) -> float:
+        """The speed factor utterance `index` gets in `epoch` (the current one by default)."""
         if len(self.speed_factors) == 1:
             return self.speed_factors[0]
-        draw = np.random.default_rng((self.seed, self.epoch, index)).integers(len(self.speed_factors))
+        epoch = self.epoch if epoch is None else epoch
+        draw = np.random.default_rng((self.seed, epoch, index)).integers(len(self.speed_factors))
         return self.speed_factors[draw]
+
+    def played_durations(self, epoch: int) -> list[float]:
+        """The seconds each utterance lasts in `epoch`, after its speed perturbation: what batches are cut by."""
+        return [utterance.duration / self.speed_factor(index, epoch)
+                for index, utterance in enumerate(self.utterances)]
 
     def __getitem__(self, index: int) -> dict:
         utterance = self.utterances[index]

@@ -11,12 +11,17 @@ share of padded seconds is as small as it can be (the slowest rank sets the pace
 cut the same way into as few micro-batches as keep each within `device_max_seconds` (what one device forwards at
 once; gradients accumulate over them). A rank may get no utterance of a small global batch: its share is empty.
 
+The durations may change from epoch to epoch: with speed perturbation an utterance plays 1/factor times its
+manifest duration, drawn anew each epoch (`SpeechDataset.played_durations`). Batched by the manifest's durations, a
+batch would run to its slowest-played utterance, a tenth past the others with factors 0.9-1.1, and hold more padded
+seconds than `max_seconds`.
+
 Because batches are cut anew each epoch, their number can differ slightly from one epoch to the next.
 """
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,9 +46,11 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
       next iteration starts at the first step not yet taken, with any number of ranks.
     """
 
-    def __init__(self, durations: Sequence[float], max_seconds: float, seed: int = 0, shuffle: bool = True,
-                 num_buckets: int = 10, rank: int = 0, world_size: int = 1, sortagrad: bool = False,
-                 device_max_seconds: float = 0.0):
+    def __init__(self, durations: Sequence[float] | Callable[[int], Sequence[float]], max_seconds: float,
+                 seed: int = 0, shuffle: bool = True, num_buckets: int = 10, rank: int = 0, world_size: int = 1,
+                 sortagrad: bool = False, device_max_seconds: float = 0.0):
+        """`durations`: each utterance's seconds, or a function giving them for an epoch (the same list for the same
+        epoch, in every process)."""
         super().__init__()
         if not max_seconds > 0:
             raise ConfigError(f"max_seconds must be positive, got {max_seconds}")
@@ -53,7 +60,11 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if num_buckets < 1:
             raise ValueError(f"num_buckets must be at least 1, got {num_buckets}")
-        self.durations = [float(duration) for duration in durations]
+        if callable(durations):
+            self._durations_of = durations
+        else:
+            fixed = [float(duration) for duration in durations]
+            self._durations_of = lambda epoch: fixed
         self.max_seconds = max_seconds
         self.device_max_seconds = device_max_seconds or float("inf")
         self.seed = seed
@@ -64,14 +75,18 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
         self.sortagrad = sortagrad
         self.epoch = 0
         self.position = 0  # steps (global batches) of this epoch the trainer has taken
-        self._ascending = np.argsort(np.asarray(self.durations), kind="stable")
-        self._cached: tuple[int, list[list[int]]] | None = None  # (epoch, its global batches)
+        self._cached: tuple[int, list[float], list[list[int]]] | None = None  # (epoch, its durations, its batches)
         for limit, name, what in ((max_seconds, "max_seconds", "a global batch"),
                                   (self.device_max_seconds, "device_max_seconds", "a micro-batch")):
             too_long = [duration for duration in self.durations if duration > limit]
             if too_long:
                 warnings.warn(f"{len(too_long)} utterances are longer than {name}={limit:g} (the longest "
                               f"{max(too_long):.1f} s); each makes {what} of its own", stacklevel=2)
+
+    @property
+    def durations(self) -> list[float]:
+        """Each utterance's seconds in the current epoch."""
+        return self._epoch(self.epoch)[0]
 
     def set_epoch(self, epoch: int) -> None:
         """Move to `epoch`, at its first step; setting the epoch it is already in keeps the position (resume)."""
@@ -87,13 +102,13 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
 
     def state_dict(self) -> dict:
         return {"version": SAMPLER_STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "max_seconds": self.max_seconds, "num_utterances": len(self.durations)}
+                "max_seconds": self.max_seconds, "num_buckets": self.num_buckets, "num_utterances": len(self.durations)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where `state` was taken: same epoch, its steps taken skipped.
 
         Raises ConfigError when the run is in the middle of an epoch whose global batches this sampler would cut
-        differently (another seed, max_seconds or number of utterances). The number of ranks may change.
+        differently (another seed, max_seconds, number of buckets or of utterances). The number of ranks may change.
         """
         if state["position"] > 0:
             if state.get("version", 1) != SAMPLER_STATE_VERSION:
@@ -101,8 +116,9 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
                                   f"batches of each rank, as asr did before global batches; resume it with that "
                                   f"version, or from a checkpoint at the end of an epoch")
             mine = self.state_dict()
-            changed = [f"{key} {state[key]} → {mine[key]}" for key in ("seed", "max_seconds", "num_utterances")
-                       if state[key] != mine[key]]
+            state = {"num_buckets": 10, **state}  # what checkpoints from before data.num_buckets cut with
+            changed = [f"{key} {state[key]} → {mine[key]}"
+                       for key in ("seed", "max_seconds", "num_buckets", "num_utterances") if state[key] != mine[key]]
             if changed:
                 raise ConfigError(f"cannot resume in the middle of epoch {state['epoch']}: the batches changed "
                                   f"({', '.join(changed)})")
@@ -146,26 +162,31 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
 
     def global_batches(self, epoch: int | None = None) -> list[list[int]]:
         """Every global batch of an epoch (the current one by default), in the order they are taken."""
-        epoch = self.epoch if epoch is None else epoch
-        if self._cached is None or self._cached[0] != epoch:
-            self._cached = (epoch, self._epoch_batches(epoch))
-        return self._cached[1]
+        return self._epoch(self.epoch if epoch is None else epoch)[1]
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+    def _epoch(self, epoch: int) -> tuple[list[float], list[list[int]]]:
+        """An epoch's durations and global batches."""
+        if self._cached is None or self._cached[0] != epoch:
+            durations = [float(duration) for duration in self._durations_of(epoch)]
+            self._cached = (epoch, durations, self._epoch_batches(epoch, durations))
+        return self._cached[1:]
+
+    def _epoch_batches(self, epoch: int, durations: list[float]) -> list[list[int]]:
+        ascending = np.argsort(np.asarray(durations), kind="stable")
         if not self.shuffle or (self.sortagrad and epoch == 0):
-            return self._cut(self._ascending)
+            return self._cut(ascending, durations)
         rng = np.random.default_rng((self.seed, epoch))
-        buckets = np.array_split(self._ascending, self.num_buckets)
-        batches = self._cut(np.concatenate([rng.permutation(bucket) for bucket in buckets]))
+        buckets = np.array_split(ascending, self.num_buckets)
+        batches = self._cut(np.concatenate([rng.permutation(bucket) for bucket in buckets]), durations)
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def _cut(self, order: np.ndarray) -> list[list[int]]:
+    def _cut(self, order: np.ndarray, durations: list[float]) -> list[list[int]]:
         """Consecutive runs of `order` whose padded duration (longest × count) stays within max_seconds."""
         batches: list[list[int]] = []
         batch: list[int] = []
         longest = 0.0
         for index in order.tolist():
-            duration = self.durations[index]
+            duration = durations[index]
             if batch and max(longest, duration) * (len(batch) + 1) > self.max_seconds:
                 batches.append(batch)
                 batch, longest = [], 0.0
