@@ -27,9 +27,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,14 +244,21 @@ def build_set(out_dir, name: str, count: int, seed: int = 0, progress: bool = Tr
     if wav_dir.exists():
         shutil.rmtree(wav_dir)
     wav_dir.mkdir(parents=True)
-    utterances = []
-    for index in tqdm(range(count), desc=name, disable=not progress):
+
+    def write(index: int) -> Utterance:
         spoken = synthesize(source, held_out, np.random.default_rng([seed, 1000 + set_number, index]), tools)
         path = wav_dir / f"{name}-{index:05d}.wav"
         sf.write(str(path), np.clip(np.round(spoken.audio * 32768), -32768, 32767).astype(np.int16), SAMPLE_RATE,
                  subtype="PCM_16")
-        utterances.append(Utterance(f"{name}-{index:05d}", str(path.absolute()), len(spoken.audio) / SAMPLE_RATE,
-                                    spoken.text, spoken.speaker))
+        return Utterance(f"{name}-{index:05d}", str(path.absolute()), len(spoken.audio) / SAMPLE_RATE, spoken.text,
+                         spoken.speaker)
+
+    # Piper's noise comes from one generator, drawn in call order: its utterances are made one after the other (its
+    # runtime uses every core). Every other utterance depends on its index alone, and espeak-ng runs as a process of
+    # its own, so threads make them on every core at once.
+    workers = 1 if source == "piper" else len(os.sched_getaffinity(0))
+    with ThreadPoolExecutor(workers) as pool:
+        utterances = list(tqdm(pool.map(write, range(count)), total=count, desc=name, disable=not progress))
     write_manifest(out_dir / f"{name}.jsonl", utterances)
     return count
 
