@@ -142,14 +142,13 @@ def music(n: int, sample_rate: int, rng) -> np.ndarray:
         start += length
     if rng.random() < 0.5:
         level = np.sqrt(np.mean(wave ** 2)) * rng.uniform(0.5, 2.0)
-        hit = round(0.2 * sample_rate)
-        t = t_max[:hit]
+        t = t_max[:round(0.2 * sample_rate)]  # a drum hit: 0.2 s, or the whole of a shorter sound
         # A kick drum: a sine gliding from 150 Hz down to 50 Hz as it decays.
         kick = np.sin(2 * np.pi * (50 * t + 100 * 0.03 * (1 - np.exp(-t / 0.03)))) * np.exp(-t / 0.06)
-        hat = rng.standard_normal(hit) * np.exp(-t / 0.01)
+        hat = rng.standard_normal(len(t)) * np.exp(-t / 0.01)
         for number, at in enumerate(range(0, n, max(1, round(beat / 2 * sample_rate)))):
             drum = kick if number % 2 == 0 else 0.3 * hat
-            wave[at:at + hit] += level * 3 * drum[:n - at]
+            wave[at:at + len(t)] += level * 3 * drum[:n - at]
     wave -= wave.mean()
     return wave / max(np.sqrt(np.mean(wave ** 2)), _EPS)
 

@@ -49,6 +49,18 @@ def test_the_snr_measured_after_mixing_is_the_one_asked_for(speech, kind, snr_db
     assert measured == pytest.approx(snr_db, abs=0.01)
 
 
+@pytest.mark.parametrize("kind", ["white", "pink", "brown", "hum", "music"])
+@pytest.mark.parametrize("seconds", [0.0001, 0.05, 0.18])
+def test_every_effect_takes_recordings_shorter_than_a_drum_hit(speech, kind, seconds):
+    # A lone digit played 1.1 times faster can last under 0.2 s, the length of one beat of the music noise.
+    config = AugmentConfig(reverb_prob=1.0, noise_prob=1.0, equalizer_prob=1.0, gain_prob=1.0, telephone_prob=1.0,
+                           noise_kinds=[kind])
+    clip = speech[:max(1, round(seconds * SR))]
+    for seed in range(8):
+        out = Augmenter(config, SR)(clip, np.random.default_rng(seed))
+        assert out.shape == clip.shape and np.all(np.isfinite(out))
+
+
 def _rt60_schroeder(rir: np.ndarray, sample_rate: int) -> float:
     """RT60 from the energy decay curve (Schroeder 1965), extrapolated from its -5 to -25 dB part (T20 × 3)."""
     edc = np.cumsum(rir[::-1] ** 2)[::-1]
