@@ -116,7 +116,13 @@ def estimate_cmvn(utterances, cfg: FeatureConfig, max_utterances: int | None = N
     if not groups:
         raise AsrError(f"cannot estimate CMVN statistics: the audio of none of the {len(utterances)} utterances "
                        f"can be read (first: {unreadable[0]})")
-    return groups["all"].statistics()
+    return {**groups["all"].statistics(), "features": log_mel_settings(cfg)}
+
+
+def log_mel_settings(cfg: FeatureConfig) -> dict:
+    """What makes a log-mel frame: statistics of frames made otherwise do not normalize these."""
+    return {name: getattr(cfg, name) for name in
+            ("sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft", "f_min", "f_max", "log_floor")}
 
 
 def save_cmvn(path, stats: dict) -> None:
@@ -125,11 +131,19 @@ def save_cmvn(path, stats: dict) -> None:
     write_text_atomically(path, json.dumps(stats, indent=1) + "\n")
 
 
-def load_cmvn(path) -> dict:
-    """Read CMVN statistics written by `save_cmvn`, checking they can normalize features."""
+def load_cmvn(path, features: FeatureConfig | None = None) -> dict:
+    """Read CMVN statistics written by `save_cmvn`, checking they can normalize features, and, given `features`,
+    that they were estimated on frames made the same way (files from before the settings were recorded hold none)."""
     path = Path(path)
     stats = _read_json(path, "CMVN statistics")
     _check_statistics(path, stats, "CMVN statistics")
+    if features is not None and isinstance(stats.get("features"), dict):
+        wanted = log_mel_settings(features)
+        differ = [f"{name} {stats['features'].get(name)} (the model's: {value})" for name, value in wanted.items()
+                  if stats["features"].get(name) != value]
+        if differ:
+            raise ConfigError(f"{path}: CMVN statistics of other log-mel frames: "
+                              f"features.{', features.'.join(differ)}; estimate them again with these (asr cmvn)")
     return stats
 
 

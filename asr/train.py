@@ -258,8 +258,8 @@ def prepare_training(config: ExperimentConfig, out: Path, resume: bool = False, 
 
     features, cmvn, speaker_cmvn, dev_speaker_cmvn = config.features, None, None, None
     if features.normalization in ("global", "speaker"):
-        cmvn = load_cmvn(config.data.cmvn) if config.data.cmvn else estimated_once(
-            out / "cmvn.json", load_cmvn,
+        cmvn = load_cmvn(config.data.cmvn, features) if config.data.cmvn else estimated_once(
+            out / "cmvn.json", lambda path: load_cmvn(path, features),
             lambda: estimate_cmvn(train_utts, features, max_utterances=2000, progress=progress))
     if features.normalization == "speaker":
         def by_speaker(name: str, utterances) -> SpeakerStats:

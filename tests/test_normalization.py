@@ -145,6 +145,19 @@ def test_cmvn_statistics_round_trip_through_json(tmp_path):
     assert load_cmvn(tmp_path / "cmvn.json") == stats
 
 
+def test_statistics_of_frames_made_otherwise_are_refused(sentence_paths, tmp_path):
+    made = FeatureConfig(n_mels=40, f_min=20.0, f_max=3800.0)
+    stats = estimate_cmvn(utterances_of(sentence_paths[:1], ["a"]), made, progress=False)
+    save_cmvn(tmp_path / "cmvn.json", stats)
+    assert load_cmvn(tmp_path / "cmvn.json", FeatureConfig(n_mels=40, f_min=20.0, f_max=3800.0)) == stats
+    with pytest.raises(ConfigError, match=r"cmvn.json: CMVN statistics of other log-mel frames: features.f_min 20.0 "
+                                          r"\(the model's: 150.0\)"):
+        load_cmvn(tmp_path / "cmvn.json", FeatureConfig(n_mels=40, f_min=150.0, f_max=3800.0))
+    older = {key: value for key, value in stats.items() if key != "features"}  # written before settings were kept
+    save_cmvn(tmp_path / "older.json", older)
+    assert load_cmvn(tmp_path / "older.json", FeatureConfig(n_mels=40, f_min=150.0)) == older
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
