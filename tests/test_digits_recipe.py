@@ -37,9 +37,11 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
     assert "stage 2: train (2 process(es))" in result.stdout
     log = (tmp_path / "exp" / "digits" / "train.log").read_text()
     assert "2 process(es)" in log
-    # Training heard FSDD, the synthesized voices and non-speech (empty transcripts kept, not skipped).
+    # Training heard FSDD's five training speakers connected and alone (not theo), the synthesized voices and
+    # non-speech (empty transcripts kept, not skipped).
     train_all = [json.loads(line) for line in (tmp_path / "data" / "train_all.jsonl").open()]
-    assert len(train_all) == 3000 + 3 * 2 and sum(row["text"] == "" for row in train_all) == 2
+    assert len(train_all) == 3000 + 5 * 10 * 45 + 3 * 2 and sum(row["text"] == "" for row in train_all) == 2
+    assert "theo" not in {row.get("speaker") for row in train_all}
     assert "transcript has no usable characters" not in log
     model = read_plain_data(tmp_path / "exp" / "digits" / "model.pt")
     assert model["metadata"]["asr_config"]["model"]["hidden_size"] == 32  # the overrides reached the trainer

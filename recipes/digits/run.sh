@@ -6,15 +6,15 @@
 #
 # Stages: 0 data (connected-digit utterances from FSDD; synthesized voices and non-speech), 1 CMVN statistics,
 # 2 train, 3 decode + score (greedy, and beam search with a digit lexicon), 4 each file alone (local/judge.py).
-# Splits: train = takes 5-49 of five FSDD speakers, espeak-ng and Piper voices, non-speech; dev = takes 0-4 of
-# those speakers (FSDD's official test split), used to choose checkpoints; test = speaker theo, held out entirely;
-# the held-out espeak-ng voices choose settings; Piper at unheard rates, Asterisk's Allison and laptop-style files
-# are reported.
+# Splits: train = takes 5-49 of five FSDD speakers (connected, and alone), espeak-ng and Piper voices, non-speech;
+# dev = takes 0-4 of those speakers (FSDD's official test split), used to choose checkpoints; test = speaker theo,
+# held out entirely; the held-out espeak-ng voices, theo and Asterisk's Allison choose settings; Piper at unheard
+# rates and laptop-style files are reported.
 # FSDD is looked for in --fsdd, then $FSDD_DIR, then ../shared/data/fsdd beside the repository; when none is found,
 # the public v1.0.10 release is downloaded and its content verified.
 # --procs N: training processes of one torch thread each, under torchrun (default 2 where the machine has 2 cores).
-# On 2 cores two processes train 1.75 times the audio a second of one (recipes/digits/README.md); each takes its
-# share of every step's data.max_seconds, so that the training is the same with one process, only slower.
+# Each process takes its share of every step's data.max_seconds, so that the training is the same with one process,
+# only slower.
 # --work-dir DIR: where data/ and exp/ go (default: this recipe's folder).
 # --synth-count N: N utterances in each synthesized set instead of each set's own number (tests use a few).
 # Stage 0 needs espeak-ng, sox and Asterisk's prompts (apt-get install espeak-ng sox asterisk-core-sounds-en-wav)
@@ -72,8 +72,12 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   # Voices FSDD lacks (espeak-ng, Piper, Asterisk's Allison) and non-speech with empty transcripts, synthesized once
   # and cached (a stamp); judge/ holds the non-speech files and laptop-style recordings that only judge the model.
   python -m asr.data.synth --out data/synth --judge data/judge "${synth_count[@]}"
+  # Training also hears the five speakers' lone digits as FSDD publishes them (takes 5-49), trimmed to the waveform
+  # as a user's recording of one word may be.
   python -c 'import sys; from asr.data.manifest import read_manifest as r, write_manifest as w
-w(sys.argv[1], [u for path in sys.argv[2:] for u in r(path)])' data/train_all.jsonl data/train.jsonl \
+heard = {u.speaker for u in r("data/train.jsonl")}
+lone = [u for u in r("data/official_train.jsonl") if u.speaker in heard]
+w(sys.argv[1], [u for path in sys.argv[2:] for u in r(path)] + lone)' data/train_all.jsonl data/train.jsonl \
     data/synth/espeak_train.jsonl data/synth/piper_train.jsonl data/synth/nonspeech_train.jsonl
 fi
 
