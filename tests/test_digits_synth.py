@@ -4,6 +4,7 @@ judging files come in the formats a user has."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,8 +114,10 @@ def test_the_judging_files_come_in_the_formats_users_have(tmp_path):
 
 
 @pytest.mark.slow
-def test_laptop_recordings_are_44k_stereo_reverberant_and_noisy(tmp_path):
+def test_laptop_recordings_are_44k_stereo_reverberant_noisy_and_the_same_bytes_every_build(tmp_path):
     manifest = synth.write_laptop_tests(tmp_path, count=1)
+    again = synth.write_laptop_tests(tmp_path / "again", count=1)
+    assert Path(read_manifest(again)[0].audio).read_bytes() == Path(read_manifest(manifest)[0].audio).read_bytes()
     (utterance,) = read_manifest(manifest)
     info = sf.info(utterance.audio)
     assert (info.samplerate, info.channels) == (44100, 2)

@@ -385,8 +385,11 @@ def write_laptop_tests(out_dir, count: int = 6, seed: int = 2) -> Path:
         wet = wav_dir / f"wet-{index}.wav"
         reverberance, room_scale = int(rng.integers(30, 80)), int(rng.integers(40, 100))
         try:
-            subprocess.run(["sox", str(clean), "-c", "2", str(wet), "reverb", str(reverberance), "50",
-                            str(room_scale), "100", "10", "-3"], check=True, capture_output=True)
+            # Written as float: to 16 bits sox would dither from a clock-seeded generator, and every build of
+            # the judging files would differ.
+            subprocess.run(["sox", str(clean), "-c", "2", "-e", "floating-point", "-b", "32", str(wet), "reverb",
+                            str(reverberance), "50", str(room_scale), "100", "10", "-3"],
+                           check=True, capture_output=True)
         except FileNotFoundError:
             raise AsrError("sox is not installed (apt-get install sox)") from None
         wave, _ = sf.read(str(wet))
