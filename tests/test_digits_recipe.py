@@ -45,6 +45,8 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
     assert "transcript has no usable characters" not in log
     model = read_plain_data(tmp_path / "exp" / "digits" / "model.pt")
     assert model["metadata"]["asr_config"]["model"]["hidden_size"] == 32  # the overrides reached the trainer
+    # Stage 3 stores the edge floor and word latency before it decodes: its figures are the model's as users run it.
+    assert result.stdout.index("edge_pad_seconds") < result.stdout.index("greedy decoding:")
     # Greedy, then the digit lexicon: a WER line for dev and for test each time.
     wer_lines = re.findall(r"^data/(\S+)\.jsonl: WER (\d+\.\d+)%", result.stdout, re.MULTILINE)
     assert [split for split, _ in wer_lines] == [

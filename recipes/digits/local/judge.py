@@ -1,6 +1,7 @@
 """Judge a digits model as a user meets it: every file transcribed alone, greedy, with no speaker statistics.
 
     python recipes/digits/local/judge.py --model exp/digits/model.pt [--data data] [--out exp/digits/judge]
+                                         [--calibrate | --calibrate-only]
 
 Reports, in one markdown table and judge.json:
 - WER of each test set (FSDD's official test split of single digits; connected digits of dev and of theo; the
@@ -76,15 +77,15 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="data")
     parser.add_argument("--out", default=None, help="folder for judge.json and judge.md (default: beside the model)")
     parser.add_argument("--calibrate", action="store_true",
-                        help="measure the model's word latency on dev and store it in the model file first")
+                        help="choose the edge floor and measure the word latency, store both in the model file, then "
+                             "judge")
+    parser.add_argument("--calibrate-only", action="store_true", help="as --calibrate, and judge nothing")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: files are tiny)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = Path(args.data)
-    out = Path(args.out) if args.out else Path(args.model).parent / "judge"
-    out.mkdir(parents=True, exist_ok=True)
     recognizer = load_model(args.model)
-    if args.calibrate:
+    if args.calibrate or args.calibrate_only:
         # Chosen and measured on voices training heard (dev, and the five speakers' official takes), judged below on
         # theo's held-out voice. The edge floor first: the word latency is measured with it in place.
         recognizer.metadata["edge_pad_seconds"] = calibrate_edge_pad(recognizer, data)
@@ -94,6 +95,10 @@ def main(argv=None) -> int:
               "training speakers' official test takes and held-out espeak-ng lone digits), word_span "
               f"{recognizer.metadata['word_span']} (s from a word's firing frames to its speech, measured on dev) "
               "stored in the model file")
+        if args.calibrate_only:
+            return 0
+    out = Path(args.out) if args.out else Path(args.model).parent / "judge"
+    out.mkdir(parents=True, exist_ok=True)
 
     results, confident, confident_wrong = {}, 0, 0
     transcripts = {}
