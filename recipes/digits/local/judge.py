@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     data = Path(args.data)
     recognizer = load_model(args.model)
     if args.calibrate or args.calibrate_only:
-        # Chosen and measured on voices training heard (dev, and the five speakers' official takes), judged below on
-        # theo's held-out voice. The edge floor first: the word latency is measured with it in place.
+        # Chosen and measured without theo (dev, the five speakers' official takes, held-out espeak-ng lone digits), so
+        # that his voice judges them. The edge floor first: the word latency is measured with it in place.
         recognizer.metadata["edge_pad_seconds"] = calibrate_edge_pad(recognizer, data)
         recognizer.metadata["word_span"] = calibrate_word_span(recognizer, data)
         save_model(recognizer, args.model, recognizer.metadata)
