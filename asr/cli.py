@@ -296,13 +296,14 @@ def cmd_transcribe(args) -> int:
     import time
 
     started = time.perf_counter()  # the real-time factor counts loading the model too
+    from asr.files import output_names
     from asr.transcribe import OUTPUT_FORMATS, expand_inputs, one_speaker_cmvn, transcribe_files
 
     formats = list(OUTPUT_FORMATS) if args.output_format == "all" else [args.output_format]
     paths = expand_inputs(args.inputs)
     if args.out_dir is None and (len(formats) > 1 or (formats[0] in ("srt", "vtt") and len(paths) > 1)):
         raise AsrError(f"--output-format {args.output_format} for {len(paths)} files needs --out-dir")
-    names = _output_names(paths) if args.out_dir or args.plot_dir else {}
+    names = output_names(paths) if args.out_dir or args.plot_dir else {}
     recognizer, decoder = _model_and_decoder(args)
     if args.plot_dir:
         if not recognizer.exposes_features:
@@ -341,17 +342,6 @@ def cmd_transcribe(args) -> int:
         print(f"asr transcribe: {failed} of {len(paths)} files could not be transcribed", file=sys.stderr)
         return 1
     return 0
-
-
-def _output_names(paths: list[Path]) -> dict[Path, str]:
-    """Each input's output name (its file name without the extension); AsrError when two would be the same."""
-    first_with_name: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in first_with_name:
-            raise AsrError(f"{first_with_name[path.stem]} and {path} would both be written as '{path.stem}.*': "
-                           f"transcribe them into different output folders")
-        first_with_name[path.stem] = path
-    return {path: name for name, path in first_with_name.items()}
 
 
 def add_evaluate(commands) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from asr.data.manifest import SkipLog, Utterance, read_manifest
 from asr.errors import AsrError
+from asr.files import output_names
 from asr.scoring import SetScore, format_markdown, results_json, score, write_report
 from asr.text import normalize_text
 from asr.transcribe import transcribe_files
@@ -38,7 +39,7 @@ def evaluate(recognizer, manifest_paths: Iterable[str | Path], decoder=None, out
     """
     manifest_paths = [Path(path) for path in manifest_paths]
     if out_dir is not None:
-        _check_report_folders(manifest_paths)
+        output_names(manifest_paths, written_as="{}/")  # each manifest's reports go into a folder of its name
     results: dict[str, SetScore] = {}
     for manifest in manifest_paths:
         utterances = read_manifest(manifest)
@@ -85,15 +86,6 @@ def _speaker_cmvn(recognizer, utterances, progress: bool):
         return None
     statistics = recognizer.speaker_cmvn(utterances, progress=progress)
     return [statistics.rows(utterance.speaker).numpy() for utterance in utterances]
-
-
-def _check_report_folders(manifest_paths: list[Path]) -> None:
-    first_with_stem: dict[str, Path] = {}
-    for manifest in manifest_paths:
-        if manifest.stem in first_with_stem:
-            raise AsrError(f"{first_with_stem[manifest.stem]} and {manifest} would both write their reports into "
-                           f"'{manifest.stem}/'; rename one, or evaluate them into different folders")
-        first_with_stem[manifest.stem] = manifest
 
 
 def _write_set_report(folder: Path, name: str, result: SetScore, unreadable: SkipLog) -> None:

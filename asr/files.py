@@ -3,7 +3,8 @@
 `atomic_write(path)` writes into a temporary file beside `path` (".<name>.<random>.tmp", on the same file system so
 that the rename is atomic), fsyncs it, renames it over `path` and fsyncs the folder: a crash or a kill at any moment
 leaves the old file or the new one, never half of one, and nothing is left behind when the writer raises.
-`remove_unfinished_writes` deletes the temporary files of writes killed before their rename.
+`remove_unfinished_writes` deletes the temporary files of writes killed before their rename. `output_names` names
+what is written for each of several inputs, and refuses two inputs whose outputs would overwrite each other.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from asr.errors import AsrError
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -70,3 +73,15 @@ def _fsync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def output_names(paths: list[Path], written_as: str = "{}.*") -> dict[Path, str]:
+    """Each input's output name, its file name without the extension; AsrError, naming both, when two inputs would
+    write the same outputs (`written_as`: what one writes, "{}.*" for files of that name, "{}/" for a folder)."""
+    first_with_name: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in first_with_name:
+            raise AsrError(f"{first_with_name[path.stem]} and {path} would both be written as "
+                           f"'{written_as.format(path.stem)}': rename one, or write them into different folders")
+        first_with_name[path.stem] = path
+    return {path: name for name, path in first_with_name.items()}

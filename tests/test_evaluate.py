@@ -173,8 +173,10 @@ def test_evaluate_refuses_two_manifests_with_one_report_folder(scripted_sets, tm
     (tmp_path / "other").mkdir()
     copy = tmp_path / "other" / "dev.jsonl"
     copy.write_text(dev.read_text())
-    with pytest.raises(AsrError, match="dev"):
+    with pytest.raises(AsrError) as refused:
         evaluate(recognizer, [dev, copy], out_dir=tmp_path / "out")
+    assert str(dev) in str(refused.value) and str(copy) in str(refused.value) and "'dev/'" in str(refused.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_cli_json_is_one_object_with_one_row_a_manifest(scripted_sets, monkeypatch, capsys):
