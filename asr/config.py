@@ -86,10 +86,18 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = once an epoch
     keep_checkpoints: int = 3  # step/epoch checkpoints kept besides the best ones
     keep_best: int = 3  # best checkpoints by dev WER, for averaging
+    # What model.pt holds: "best", the validation with the lowest dev WER; "last", the weights the run ends with. A
+    # dev set of the training speakers' own held-out takes rewards what suits them: "last" leaves the choice to the
+    # schedule, which for a run of a fixed number of steps anneals to its end.
+    final_model: str = "best"
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never
     log_every: int = 20
     max_bad_batches_in_row: int = 20  # NaN/inf losses or GPU out-of-memory in a row before giving up
     threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self):
+        if self.final_model not in ("best", "last"):
+            raise ConfigError(f"train.final_model: {self.final_model!r} is neither \"best\" nor \"last\"")
 
 
 @dataclass

@@ -9,7 +9,7 @@ target tokens of the whole step, so 1 process or 64 take the same steps to the s
 
 What a run leaves in `exp/NAME/`: `config.yaml` (the effective config), `train.log`, `metrics.jsonl` (one JSON record
 a logged step and a validation), `tensorboard/`, `checkpoints/` (`ckpt-<step>.pt` with the trainer's state;
-`best-<step>.pt` model files, the best by dev WER), `model.pt` (the best, or the last when there is no dev set),
+`best-<step>.pt` model files, the best by dev WER), `model.pt` (the best, or the last: `train.final_model`),
 `skipped.tsv` (every utterance not trained on, and why).
 
 Resuming restores the model, optimizer, scheduler, grad scaler, the sampler's position inside the epoch and every
@@ -751,8 +751,9 @@ class Trainer:
     # -- the end -------------------------------------------------------------------------------------------------
 
     def finish(self) -> Path | None:
-        """Write the list of skipped utterances, the validation history, then model.pt (the best by dev WER, else
-        the last weights): a model.pt means the run finished."""
+        """Write the list of skipped utterances, the validation history, then model.pt (the best by dev WER, or the
+        last weights: train.final_model, and the last where there is no dev set): a model.pt means the run
+        finished."""
         model_path = None
         self.gather_skips()
         state = self.state
@@ -760,7 +761,8 @@ class Trainer:
             self.skips.write(self.out / "skipped.tsv")
             (self.out / "history.json").write_text(json.dumps(state.history, indent=1))
             model_path = self.out / "model.pt"
-            if state.best:  # the best model file by dev WER, copied with the same atomic write as every checkpoint
+            if state.best and self.config.train.final_model == "best":
+                # the best model file by dev WER, copied with the same atomic write as every checkpoint
                 write_atomically(read_plain_data(self.checkpoints.best_model(state.best[0][1])), model_path)
             else:
                 save_model(self.model, model_path, self.metadata())

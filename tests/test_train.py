@@ -121,6 +121,29 @@ def test_same_seed_same_model_different_seed_different_model(tmp_path, fsdd_dir)
     assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"] if runs["a"][k].is_floating_point()), key
 
 
+def test_model_file_holds_the_best_validation_or_the_last_weights_as_configured(tmp_path, fsdd_dir):
+    train_set = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["2_theo_9", "5_lucas_9", "8_george_9"])
+    # Words training never hears: every validation scores a WER of 1 or more, so the best is not the last.
+    dev = fsdd_manifest(fsdd_dir, tmp_path / "dev.jsonl", ["0_jackson_9", "1_nicolas_9"])
+    models = {}
+    for final in ("best", "last"):
+        config = small_config(train_set, dev, **{"train.max_steps": 4, "train.validate_every": 1,
+                                                 "train.keep_best": 4, "train.final_model": final})
+        train(config, tmp_path / final, progress=False)
+        models[final] = load_model(tmp_path / final / "model.pt").state_dict()
+    history = json.loads((tmp_path / "best" / "history.json").read_text())
+    best_step = min((h["wer"], h["step"]) for h in history)[1]  # ties go to the earliest
+    assert best_step != 4, history
+    best = load_model(tmp_path / "best" / "checkpoints" / f"best-{best_step}.pt").state_dict()
+    last = load_checkpoint(tmp_path / "last" / "checkpoints" / "ckpt-4.pt")["state_dict"]
+    assert all(torch.equal(models["best"][k], best[k]) for k in best)
+    assert all(torch.equal(models["last"][k], last[k]) for k in last)
+    assert not all(torch.equal(best[k], last[k]) for k in last)
+    assert read_plain_data(tmp_path / "last" / "model.pt")["metadata"]["step"] == 4
+    with pytest.raises(ConfigError, match="train.final_model"):
+        small_config(train_set, **{"train.final_model": "average"})
+
+
 def test_the_saved_config_holds_the_sizes_the_model_was_built_with(tmp_path, fsdd_dir):
     manifest = fsdd_manifest(fsdd_dir, tmp_path / "train.jsonl", ["4_theo_9", "6_lucas_9"])
     config = small_config(manifest, **{"features.n_mels": 40, "train.max_steps": 1})
