@@ -751,8 +751,8 @@ class Trainer:
     # -- the end -------------------------------------------------------------------------------------------------
 
     def finish(self) -> Path | None:
-        """Write the list of skipped utterances, the validation history, then model.pt (the best by dev WER, or the
-        last weights: train.final_model, and the last where there is no dev set): a model.pt means the run
+        """Write the list of skipped utterances, the validation history, then model.pt (as train.final_model says,
+        the best by dev WER or the last weights; the last where there is no dev set): a model.pt means the run
         finished."""
         model_path = None
         self.gather_skips()
