@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr.checkpoint import read_plain_data
+from asr.checkpoint import load_model, read_plain_data
 from asr.data.manifest import Utterance, read_manifest, write_manifest
+from asr.evaluate import score_utterances
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "digits"
@@ -56,6 +57,29 @@ def test_the_recipe_runs_every_stage_and_ends_with_the_wers(fsdd_dir, tmp_path):
     assert "=== stage 4:" in result.stdout and "words at confidence ≥ 0.9" in result.stdout
     judged = json.loads((tmp_path / "exp" / "digits" / "judge" / "judge.json").read_text())
     assert len(judged["nonspeech"]) == 8 and len(judged["sets"]) == 9  # 7 sets, the official split also in 2 parts
+
+    # local/theo_checks.py on a few of the same files: its first row is the model as `asr evaluate` scores it.
+    small = tmp_path / "small"
+    official = read_manifest(tmp_path / "data" / "official_test.jsonl")
+    # Sets of different sizes, so that one counted as another shows even when the tiny model deletes every word.
+    parts = {"theo": [u for u in official if u.speaker == "theo"][:4],
+             "five": [u for u in official if u.speaker != "theo"][:7],
+             "connected": read_manifest(tmp_path / "data" / "test.jsonl")[:5]}
+    write_manifest(small / "official_test.jsonl", parts["theo"] + parts["five"])
+    write_manifest(small / "test.jsonl", parts["connected"])
+    write_manifest(small / "train.jsonl", read_manifest(tmp_path / "data" / "train.jsonl")[:6])
+    model_path = tmp_path / "exp" / "digits" / "model.pt"
+    checks = subprocess.run([sys.executable, str(RECIPE / "local" / "theo_checks.py"), "--model", str(model_path),
+                             "--data", str(small)], capture_output=True, text=True, timeout=600)
+    assert checks.returncode == 0, checks.stderr[-3000:]
+    rows = {name: [int(count) for count in counts] for name, *counts in re.findall(
+        r"^(.+?) +theo's single digits +(\d+)  the five's single digits +(\d+)  theo's connected digits +(\d+)$",
+        checks.stdout, re.MULTILINE)}
+    assert len(rows) == 6, checks.stdout
+    recognizer = load_model(model_path)
+    assert rows["as the model is"] == [
+        score.substitutions + score.deletions + score.insertions
+        for score in (score_utterances(recognizer, parts[name])[0] for name in ("theo", "five", "connected"))]
 
     # Leaving training speakers out, in the same work directory: lucas is scored, nicolas is not heard at all, the
     # other three train.
