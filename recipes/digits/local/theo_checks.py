@@ -5,8 +5,9 @@
 Each file is transcribed alone, greedy, as `local/judge.py` does; printed: word errors on theo's 50 single digits
 (FSDD's official test takes), on the five training speakers' 250, and on theo's 300 connected utterances.
 - channel: the model's CMVN mean moved by theo's own offset per mel band from the training set's (his mean log-mel
-  energy over his test files against that of the first 600 training utterances; a cheat no user could make). If
-  his errors came from his microphone's response, this would remove them.
+  energy over his test files against that of 600 training utterances spaced evenly through train.jsonl, as
+  `asr.normalization.estimate_cmvn` samples them; a cheat no user could make). If his errors came from his
+  microphone's response, this would remove them.
 - floor: the edge floor (`asr.transcribe`) as white noise (the toolkit's), as noise shaped like the recording's own
   quietest frames, and none.
 - warps: the log-probabilities of VTLP warps 0.9-1.1 at test time, averaged, or the most confident warp's.
@@ -14,36 +15,23 @@ Each file is transcribed alone, greedy, as `local/judge.py` does; printed: word 
 import argparse
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import torch
+from judge import word_errors  # local/judge.py, beside this script
 
 from asr.audio import SAMPLE_RATE, load_samples
 from asr.checkpoint import load_model
 from asr.data.manifest import read_manifest
-from asr.decoding import GreedyDecoder
-from asr.text import normalize_text
+from asr.normalization import estimate_cmvn
 from asr.transcribe import _quietest_dbfs, transcribe_file
 
 WARPS = (0.9, 0.95, 1.0, 1.05, 1.1)
 TRAINING_SAMPLE = 600  # training utterances whose mean log-mel energy stands for the training set's
 
 
-def errors(reference: str, hypothesis: str) -> int:
-    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
-    if not hyp:
-        return len(ref.split())
-    output = jiwer.process_words(ref, hyp)
-    return output.substitutions + output.deletions + output.insertions
-
-
 def band_mean(recognizer, utterances) -> torch.Tensor:
-    logmel, total, frames = recognizer.frontend.logmel, 0.0, 0
-    for utterance in utterances:
-        audio = torch.from_numpy(load_samples(utterance.audio))[None]
-        feats, _ = logmel(audio, torch.tensor([audio.shape[1]]))
-        total, frames = total + feats[0].sum(0), frames + feats.shape[1]
-    return total / frames
+    stats = estimate_cmvn(utterances, recognizer.feature_config, max_utterances=TRAINING_SAMPLE, progress=False)
+    return torch.tensor(stats["mean"])
 
 
 def shaped_floor(wave: np.ndarray, samples: int, rng) -> np.ndarray:
@@ -59,25 +47,32 @@ def shaped_floor(wave: np.ndarray, samples: int, rng) -> np.ndarray:
     return (noise / (noise.std() + 1e-12) * 10 ** (_quietest_dbfs(wave) / 20)).astype(np.float32)
 
 
-def warped_text(recognizer, wave: np.ndarray, combine: str) -> str:
-    """Greedy transcript of the wave between white edge floors, from the log-probabilities of each of WARPS."""
-    pad = round(recognizer.edge_pad_seconds * SAMPLE_RATE)
-    noise = np.random.default_rng(0).standard_normal(2 * pad).astype(np.float32) * 10 ** (_quietest_dbfs(wave) / 20)
-    audio = torch.from_numpy(np.concatenate([noise[:pad], wave, noise[pad:]]))[None]
-    lengths = torch.tensor([audio.shape[1]])
-    frontend = recognizer.frontend
-    outputs = []
-    with torch.inference_mode():
-        for warp in WARPS:
-            feats, feat_lengths = frontend.logmel(audio, lengths, None if warp == 1.0 else torch.tensor([warp]))
-            log_probs, out_lengths = recognizer.acoustic(frontend.cmvn(feats, feat_lengths), feat_lengths)
-            outputs.append(log_probs[0])
-    stack = torch.stack(outputs)  # (warps, T, V)
-    if combine == "mean":
-        chosen = torch.log_softmax(stack.mean(dim=0), dim=-1)
-    else:  # the warp whose frames are the most confident on average
-        chosen = stack[stack.max(dim=-1).values.mean(dim=-1).argmax()]
-    return GreedyDecoder(recognizer.tokenizer).decode(chosen[None], out_lengths)[0].text
+class Warped:
+    """A recognizer whose log-probabilities are those of each of WARPS, averaged or the most confident warp's; the
+    toolkit's transcription (its edge floor, its decoder) runs on it unchanged."""
+
+    def __init__(self, recognizer, combine: str):
+        self.recognizer, self.combine = recognizer, combine
+
+    def __getattr__(self, name):
+        return getattr(self.recognizer, name)
+
+    def log_probs(self, audio: np.ndarray, audio_lengths: np.ndarray, speaker_cmvn=None):
+        frontend, audio, lengths = self.recognizer.frontend, torch.from_numpy(audio), torch.from_numpy(audio_lengths)
+        outputs = []
+        with torch.inference_mode():
+            for warp in WARPS:
+                factors = None if warp == 1.0 else torch.full((audio.shape[0],), warp)
+                feats, feat_lengths = frontend.logmel(audio, lengths, factors)
+                log_probs, out_lengths = self.recognizer.acoustic(frontend.cmvn(feats, feat_lengths), feat_lengths)
+                outputs.append(log_probs)
+        stack = torch.stack(outputs)  # (warps, B, T, V)
+        if self.combine == "mean":
+            return torch.log_softmax(stack.mean(dim=0), dim=-1), out_lengths
+        # For each utterance, the warp whose frames (up to its length) are the most confident on average.
+        valid = (torch.arange(stack.shape[2])[None, :] < out_lengths[:, None]).float()  # (B, T)
+        confidence = (stack.max(dim=-1).values * valid).sum(dim=-1) / out_lengths  # (warps, B)
+        return stack[confidence.argmax(dim=0), torch.arange(stack.shape[1])], out_lengths
 
 
 def main() -> None:
@@ -93,12 +88,12 @@ def main() -> None:
     recognizer = load_model(args.model)
 
     def report(name, transcribe):
-        counts = [sum(errors(u.text, transcribe(u)) for u in utterances) for utterances in sets.values()]
+        counts = [sum(word_errors(u.text, transcribe(u))[0] for u in utterances) for utterances in sets.values()]
         print(f"{name:<42}" + "  ".join(f"{set_name} {count:>3}" for set_name, count in zip(sets, counts)), flush=True)
 
     report("as the model is", lambda u: transcribe_file(recognizer, u.audio).text)
     offset = band_mean(recognizer, sets["theo's connected digits"]) - band_mean(
-        recognizer, read_manifest(data / "train.jsonl")[:TRAINING_SAMPLE])
+        recognizer, read_manifest(data / "train.jsonl"))
     print("theo's offset per mel band from the training set:", " ".join(f"{x:.2f}" for x in offset.tolist()))
     mean = recognizer.frontend.cmvn.mean.clone()
     recognizer.frontend.cmvn.mean += offset
@@ -119,8 +114,9 @@ def main() -> None:
     report(f"floor: {pad_seconds} s shaped like the recording's", with_shaped_floor)
     report("floor: none", lambda u: transcribe_file(recognizer, u.audio).text)
     recognizer.metadata["edge_pad_seconds"] = pad_seconds
-    report("warps: log-probabilities averaged", lambda u: warped_text(recognizer, load_samples(u.audio), "mean"))
-    report("warps: the most confident", lambda u: warped_text(recognizer, load_samples(u.audio), "select"))
+    for combine, name in (("mean", "warps: log-probabilities averaged"), ("select", "warps: the most confident")):
+        warped = Warped(recognizer, combine)
+        report(name, lambda u: transcribe_file(warped, u.audio).text)
 
 
 if __name__ == "__main__":
